@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app import serve_cli
+    from app import serve_cli, up_cli
     from index import cli as index_cli
     from model import cli as model_cli
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cli.register(subparsers)
     index_cli.register(subparsers)
     serve_cli.register(subparsers)
+    up_cli.register(subparsers)
     return parser
 
 
