@@ -1,0 +1,212 @@
+"""Durable snapshots on disk: one directory per version, a manifest, and a ``CURRENT`` pointer.
+
+Layout::
+
+    INDEX_DIR/CURRENT                       "snap-00000007": the live snapshot
+    INDEX_DIR/snapshots/snap-00000007/      index.faiss, metadata.sqlite, manifest.json
+    INDEX_DIR/media/                        uploads kept by the service
+
+A save writes a new directory aside (``.tmp-...``), fsyncs every file and the directory, renames it into
+place, fsyncs ``snapshots/``, then replaces ``CURRENT`` the same way. A ``kill -9`` at any point leaves the
+previous ``CURRENT`` and its snapshot intact; leftovers are removed by :func:`clean_stale` at the next open.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from index.errors import IndexCorruptError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+META_FILE = "metadata.sqlite"
+MANIFEST_FILE = "manifest.json"
+KEEP_SNAPSHOTS = 3
+_SNAP = re.compile(r"^snap-(\d{8})$")
+
+
+@dataclass
+class Manifest:
+    version: int
+    model_hash: str
+    backbone: str
+    dim: int
+    count: int
+    factory: str
+    created: float
+    saved_at: float = 0.0
+    next_id: int = 0
+    gallery_root: str | None = None
+    checkpoint: str | None = None
+    search_params: dict[str, float] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def snapshot_name(version: int) -> str:
+    return f"snap-{version:08d}"
+
+
+def snapshots_dir(index_dir: Path) -> Path:
+    return index_dir / "snapshots"
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's entry list is only durable once the directory is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def locked(index_dir: Path) -> Iterator[None]:
+    """Exclusive lock between processes that save or clean the same index directory."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / ".lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_current(index_dir: Path) -> int | None:
+    path = index_dir / "CURRENT"
+    if not path.is_file():
+        return None
+    match = _SNAP.match(path.read_text().strip())
+    if not match:
+        raise IndexCorruptError(
+            f"{path} does not name a snapshot. Rebuild the index with `imgsim index build`."
+        )
+    return int(match.group(1))
+
+
+def _write_current(index_dir: Path, version: int) -> None:
+    tmp = index_dir / f".CURRENT.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(snapshot_name(version) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, index_dir / "CURRENT")
+    fsync_path(index_dir)
+
+
+def clean_stale(index_dir: Path) -> None:
+    """Remove what an interrupted save left: temp files and snapshots newer than ``CURRENT``. Caller locks."""
+    current = read_current(index_dir)
+    for tmp in index_dir.glob(".CURRENT.*.tmp"):
+        log.warning("removing stale %s", tmp)
+        tmp.unlink(missing_ok=True)
+    snaps = snapshots_dir(index_dir)
+    if not snaps.is_dir():
+        return
+    for path in snaps.iterdir():
+        match = _SNAP.match(path.name)
+        uncommitted = match is not None and current is not None and int(match.group(1)) > current
+        if path.name.startswith(".tmp-") or uncommitted:
+            log.warning("removing stale %s left by an interrupted save", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def write_snapshot(
+    index_dir: Path, manifest: Manifest, write_files: Callable[[Path], None], keep: int = KEEP_SNAPSHOTS
+) -> Path:
+    """Write ``manifest.version`` durably and make it current. ``write_files(dir)`` writes the data files.
+
+    The caller holds :func:`locked`."""
+    snaps = snapshots_dir(index_dir)
+    snaps.mkdir(parents=True, exist_ok=True)
+    final = snaps / snapshot_name(manifest.version)
+    tmp = snaps / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write_files(tmp)
+    checksums = {}
+    for name in (INDEX_FILE, META_FILE):
+        fsync_path(tmp / name)
+        checksums[name] = sha256_file(tmp / name)
+    manifest.checksums = checksums
+    manifest.saved_at = time.time()
+    with open(tmp / MANIFEST_FILE, "w") as f:
+        json.dump(asdict(manifest), f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_path(tmp)
+    if final.exists():  # an uncommitted leftover of the same number (never the current one)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_path(snaps)
+    _write_current(index_dir, manifest.version)
+    _prune(snaps, manifest.version, keep)
+    return final
+
+
+def _prune(snaps: Path, current: int, keep: int) -> None:
+    versions = sorted(int(m.group(1)) for p in snaps.iterdir() if (m := _SNAP.match(p.name)))
+    for v in versions:
+        if v <= current - keep:
+            shutil.rmtree(snaps / snapshot_name(v), ignore_errors=True)
+
+
+def read_manifest(snapshot: Path) -> Manifest:
+    path = snapshot / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text())
+        manifest = Manifest.from_dict(data)
+    except FileNotFoundError as exc:
+        raise IndexCorruptError(
+            f"Snapshot {snapshot} has no manifest. Rebuild the index with `imgsim index build`."
+        ) from exc
+    except (ValueError, TypeError) as exc:
+        raise IndexCorruptError(
+            f"Manifest {path} is damaged ({exc}). Rebuild the index with `imgsim index build`."
+        ) from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise IndexCorruptError(
+            f"Index {snapshot} has format {manifest.format_version}; this version reads {FORMAT_VERSION}. "
+            "Rebuild the index with `imgsim index build`."
+        )
+    return manifest
+
+
+def verify_checksums(snapshot: Path, manifest: Manifest) -> None:
+    for name in (INDEX_FILE, META_FILE):
+        path = snapshot / name
+        expected = manifest.checksums.get(name)
+        if not path.is_file():
+            raise IndexCorruptError(f"{path} is missing. Rebuild the index with `imgsim index build`.")
+        if expected is None or sha256_file(path) != expected:
+            raise IndexCorruptError(
+                f"{path} is damaged (sha256 differs from the manifest). "
+                "Rebuild the index with `imgsim index build` (or point CURRENT at an older snapshot)."
+            )
