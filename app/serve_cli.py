@@ -1,11 +1,91 @@
-"""``imgsim serve`` (owned by the service; filled in by the REST service work)."""
+"""``imgsim serve``: the REST API and the web page under uvicorn, with a graceful SIGTERM.
+
+On SIGTERM (or Ctrl-C) readiness turns 503 at once; after ``drain_seconds`` (time for a load balancer to
+notice) uvicorn stops accepting, lets in-flight requests finish, runs the lifespan shutdown and exits.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import threading
+from pathlib import Path
+from types import FrameType
 from typing import Any
+
+import uvicorn
+
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.drain_seconds = drain_seconds
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.app
+        runtime = getattr(getattr(app, "state", None), "runtime", None)
+        if runtime is not None:
+            runtime.draining = True
+        if self._draining or self.drain_seconds <= 0:  # a second signal: stop waiting
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        log.info("signal %d: readiness is 503; stopping in %.1f s", sig, self.drain_seconds)
+        timer = threading.Timer(self.drain_seconds, super().handle_exit, args=(sig, frame))
+        timer.daemon = True
+        timer.start()
+
+
+def serve(settings: Settings) -> int:
+    from app.main import create_app
+
+    if not Path(settings.checkpoint).is_file():
+        raise FileNotFoundError(
+            f"Checkpoint {settings.checkpoint} does not exist. Pass --checkpoint or set IMGSIM_CHECKPOINT."
+        )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=30,
+        proxy_headers=False,
+        server_header=False,
+    )
+    DrainingServer(config, settings.drain_seconds).run()
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "checkpoint": args.checkpoint,
+            "index": args.index,
+            "device": args.device,
+        }.items()
+        if v is not None
+    }
+    return serve(Settings(**overrides))
 
 
 def register(subparsers: Any) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser("serve", help="serve the REST API and web page")
-    p.set_defaults(func=lambda args: (_ for _ in ()).throw(RuntimeError("imgsim serve is not built yet")))
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="serve the REST API and web page",
+        description="Serve the REST API and the web page. Options override IMGSIM_* environment variables.",
+    )
+    p.add_argument("--host", help="bind address (IMGSIM_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (IMGSIM_PORT, default 8000)")
+    p.add_argument("--checkpoint", type=Path, help="trained checkpoint (IMGSIM_CHECKPOINT)")
+    p.add_argument("--index", type=Path, help="gallery index folder, created empty if missing (IMGSIM_INDEX)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (IMGSIM_DEVICE)")
+    p.set_defaults(func=_run)

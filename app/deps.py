@@ -1,0 +1,61 @@
+"""``Annotated`` dependency aliases shared by the routes, and the runtime state they read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request, UploadFile
+
+from app.auth import require_read, require_write
+from app.errors import ServiceError, too_large
+from app.metrics import Metrics
+from app.service import Service, Upload
+from app.settings import Settings, get_settings
+
+
+@dataclass
+class Runtime:
+    """What the lifespan has loaded so far; readiness and every /v1 route read it."""
+
+    metrics: Metrics = field(default_factory=Metrics)
+    service: Service | None = None
+    draining: bool = False
+    load_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.service is not None and not self.draining
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def get_service(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Service:
+    if runtime.service is None:
+        detail = (
+            "The model and the gallery are still loading."
+            if runtime.load_error is None
+            else (f"The service failed to load: {runtime.load_error}")
+        )
+        raise ServiceError(503, "not_ready", detail, {"Retry-After": "5"})
+    return runtime.service
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+ServiceDep = Annotated[Service, Depends(get_service)]
+ReadAccess = Depends(require_read)
+WriteAccess = Depends(require_write)
+
+
+async def read_upload(upload: UploadFile, field: str, limit: int) -> Upload:
+    """Read at most ``limit`` bytes (plus one to notice more); the body cap already bounds the whole request."""
+    if upload.size is not None and upload.size > limit:
+        raise too_large(limit)
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(limit)
+    return Upload(field=field, data=data)

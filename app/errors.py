@@ -1,0 +1,95 @@
+"""Domain errors and the one place that maps every error to JSON ``{"code": ..., "detail": ...}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.images import ImageError
+
+log = logging.getLogger(__name__)
+
+# model.images.ImageError codes -> HTTP status (RELIABILITY.md).
+IMAGE_ERROR_STATUS = {
+    "empty_image": 422,
+    "unsupported_format": 415,
+    "image_too_large": 422,
+    "corrupt_image": 422,
+}
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+class ServiceError(Exception):
+    """An error the caller can act on: a status, a stable ``code`` and a human ``detail``."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+def not_found(item_id: int) -> ServiceError:
+    return ServiceError(404, "item_not_found", f"No gallery item with id {item_id}.")
+
+
+def image_error(exc: ImageError, field: str | None = None) -> ServiceError:
+    where = f"{field}: " if field else ""
+    return ServiceError(IMAGE_ERROR_STATUS.get(exc.code, 422), exc.code, where + exc.detail)
+
+
+def too_large(limit: int) -> ServiceError:
+    return ServiceError(413, "payload_too_large", f"The upload is larger than the {limit:,}-byte cap.")
+
+
+def error_body(code: str, detail: str) -> dict[str, str]:
+    return {"code": code, "detail": detail}
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header"))
+        parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "The request is invalid."
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.detail), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ImageError)
+    async def _image(request: Request, exc: ImageError) -> JSONResponse:
+        err = image_error(exc)
+        return JSONResponse(error_body(err.code, err.detail), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body("invalid_request", _validation_detail(exc)), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse(error_body(code, detail), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal_error", "Unexpected server error."), status_code=500)

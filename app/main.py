@@ -1,0 +1,88 @@
+"""The FastAPI app: ``create_app()`` wires routes, errors, limits and metrics; the lifespan loads the model
+and the gallery once, in the background, so liveness answers while they load and readiness says when done."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from anyio import to_thread
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.deps import Runtime
+from app.errors import install_error_handlers
+from app.limits import BodyLimitMiddleware
+from app.metrics import MetricsMiddleware
+from app.routes import compare, gallery, health, page, search
+from app.routes.page import STATIC_DIR
+from app.service import Service, build_embedder, open_index
+from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Image similarity search for dog photos: compare two photos, find the nearest gallery
+images, and manage the gallery. Errors are JSON `{"code": ..., "detail": ...}` with a stable `code`."""
+
+
+def _load(settings: Settings, runtime: Runtime) -> Service:
+    embedder = build_embedder(settings)
+    index = open_index(settings, embedder)
+    log.info(
+        "loaded model %s (%s, %d-d) on %s and a gallery of %d items (version %d)",
+        embedder.checkpoint.hash[:12],
+        embedder.checkpoint.config.backbone,
+        embedder.dim,
+        getattr(embedder, "device", "?"),
+        index.count,
+        index.version,
+    )
+    return Service(settings=settings, embedder=embedder, index=index, metrics=runtime.metrics)
+
+
+async def _load_in_background(app: FastAPI, settings: Settings, runtime: Runtime) -> None:
+    try:
+        service = await to_thread.run_sync(_load, settings, runtime)
+    except Exception as exc:  # readiness reports it; the process stays up so the reason can be read
+        log.exception("loading the model or the gallery failed")
+        runtime.load_error = f"{type(exc).__name__}: {exc}"
+        return
+    service.batcher.start()
+    runtime.service = service
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Through dependency_overrides, so tests that override get_settings configure the lifespan too.
+    settings = app.dependency_overrides.get(get_settings, get_settings)()
+    runtime: Runtime = app.state.runtime
+    runtime.draining = False
+    loader = asyncio.create_task(_load_in_background(app, settings, runtime))
+    try:
+        yield
+    finally:
+        runtime.draining = True
+        if not loader.done():
+            loader.cancel()
+            with suppress(asyncio.CancelledError):
+                await loader
+        if runtime.service is not None:
+            await runtime.service.batcher.close()
+            runtime.service = None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(title="imgsim", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    body_cap = (settings or get_settings()).max_body_bytes
+    app.state.runtime = Runtime()
+    install_error_handlers(app)
+    for router in (health.router, compare.router, search.router, gallery.router, page.router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(BodyLimitMiddleware, max_bytes=body_cap)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.runtime.metrics)
+    return app

@@ -1,0 +1,44 @@
+"""``POST /v1/compare``: are two photos of the same kind of dog?"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, File, UploadFile
+
+from app.deps import ReadAccess, ServiceDep, read_upload
+from app.errors import ServiceError
+from app.schemas import CompareResponse, error_responses
+
+router = APIRouter(prefix="/v1", tags=["compare"], dependencies=[ReadAccess])
+
+
+@router.post(
+    "/compare",
+    response_model=CompareResponse,
+    responses=error_responses(401, 413, 415, 422, 503),
+    summary="Compare two images",
+)
+async def compare(
+    service: ServiceDep,
+    images: Annotated[list[UploadFile], File(description="exactly two images (JPEG, PNG, WebP, GIF, BMP)")],
+) -> CompareResponse:
+    """Embed both images in one forward pass. ``dissimilarity`` is the Euclidean distance between the
+    embeddings; ``same`` is true when it is below the checkpoint's calibrated threshold."""
+    if len(images) != 2:
+        raise ServiceError(422, "wrong_image_count", f"Send exactly two images; got {len(images)}.")
+    uploads = [
+        await read_upload(f, f"images[{i}]", service.settings.max_upload_bytes) for i, f in enumerate(images)
+    ]
+    a, b = (await service.embed(uploads)).astype(np.float64)
+    distance = float(np.linalg.norm(a - b))
+    cosine = float(np.clip(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12), -1.0, 1.0))
+    threshold = float(service.embedder.checkpoint.threshold)
+    return CompareResponse(
+        dissimilarity=distance,
+        similarity=cosine,
+        same=distance < threshold,
+        threshold=threshold,
+        model=service.model_info,
+    )

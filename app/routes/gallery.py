@@ -1,0 +1,116 @@
+"""Gallery management: list, inspect, view, add and delete items."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
+from fastapi.responses import JSONResponse
+
+from app.deps import ReadAccess, ServiceDep, WriteAccess, read_upload
+from app.errors import ServiceError, not_found
+from app.gallery_ops import add_item, remove_item, render_image, to_item
+from app.schemas import AddItemResponse, DeleteResponse, GalleryItem, GalleryPage, error_responses
+
+router = APIRouter(prefix="/v1/gallery", tags=["gallery"])
+
+ItemId = Annotated[int, Path(ge=0, le=2**62)]
+
+
+@router.get(
+    "",
+    response_model=GalleryPage,
+    dependencies=[ReadAccess],
+    responses=error_responses(401, 503),
+    summary="List gallery items, a page at a time",
+)
+async def list_items(
+    service: ServiceDep,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    label: Annotated[str | None, Query(max_length=200)] = None,
+) -> GalleryPage:
+    records, total = await to_thread.run_sync(lambda: service.index.items(offset, limit, label=label or None))
+    return GalleryPage(
+        items=[to_item(r) for r in records],
+        total=total,
+        offset=offset,
+        limit=limit,
+        labels=service.index.labels(),
+    )
+
+
+@router.get(
+    "/{item_id}",
+    response_model=GalleryItem,
+    dependencies=[ReadAccess],
+    responses=error_responses(401, 404, 503),
+    summary="One gallery item",
+)
+async def get_item(service: ServiceDep, item_id: ItemId) -> GalleryItem:
+    record = service.index.get(item_id)
+    if record is None:
+        raise not_found(item_id)
+    return to_item(record)
+
+
+@router.get(
+    "/{item_id}/image",
+    dependencies=[ReadAccess],
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "re-encoded JPEG"},
+        **error_responses(401, 404, 503),
+    },
+    summary="The item's image, re-encoded as JPEG",
+)
+async def get_image(
+    service: ServiceDep,
+    item_id: ItemId,
+    size: Annotated[int | None, Query(ge=16, le=1024, description="longest side of a thumbnail")] = None,
+) -> Response:
+    data = await to_thread.run_sync(render_image, service, item_id, size)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.post(
+    "",
+    response_model=AddItemResponse,
+    status_code=201,
+    dependencies=[WriteAccess],
+    responses={
+        200: {"model": AddItemResponse, "description": "the image was already in the gallery"},
+        **error_responses(401, 403, 409, 413, 415, 422, 503),
+    },
+    summary="Add an image with its label",
+)
+async def add(
+    service: ServiceDep,
+    image: Annotated[UploadFile, File(description="the image to add")],
+    label: Annotated[str, Form(min_length=1, max_length=200, description="its class, e.g. the breed")],
+) -> JSONResponse:
+    """The change is saved durably before the response; the stored image is a re-encoded copy."""
+    label = label.strip()
+    if not label or not label.isprintable():
+        raise ServiceError(422, "invalid_label", "The label must be non-empty printable text.")
+    upload = await read_upload(image, "image", service.settings.max_upload_bytes)
+    decoded = await to_thread.run_sync(service.decode, upload, service.settings.media_max_side)
+    vector = await service.embed([], images=[decoded])
+    record, created, version = await to_thread.run_sync(
+        add_item, service, upload.data, decoded, label, vector[0]
+    )
+    body = AddItemResponse(**to_item(record).model_dump(), created=created, index_version=version)
+    return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
+
+
+@router.delete(
+    "/{item_id}",
+    response_model=DeleteResponse,
+    dependencies=[WriteAccess],
+    responses=error_responses(401, 403, 404, 503),
+    summary="Delete an item",
+)
+async def delete(service: ServiceDep, item_id: ItemId) -> DeleteResponse:
+    version = await to_thread.run_sync(remove_item, service, item_id)
+    return DeleteResponse(id=item_id, index_version=version)

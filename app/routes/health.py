@@ -1,0 +1,44 @@
+"""Liveness, readiness and metrics: open, cheap, and never behind the queue."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import RuntimeDep
+from app.errors import ServiceError
+from app.schemas import Health, Ready, error_responses
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    responses=error_responses(503),
+    summary="Readiness: model and gallery loaded, not draining",
+)
+async def readyz(runtime: RuntimeDep) -> Ready:
+    if runtime.draining:
+        raise ServiceError(503, "draining", "The service is shutting down.", {"Retry-After": "1"})
+    if runtime.service is None:
+        code, detail = (
+            ("load_failed", runtime.load_error) if runtime.load_error else ("not_ready", "Loading.")
+        )
+        raise ServiceError(503, code, detail, {"Retry-After": "5"})
+    return Ready(status="ready")
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics",
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

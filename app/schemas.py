@@ -1,0 +1,165 @@
+"""Request and response models of the public API, with examples for the OpenAPI page."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+HASH_EXAMPLE = "3f9a1c0e5b7d2a4c6e8f0a1b3c5d7e9f1a2b3c4d5e6f708192a3b4c5d6e7f809"
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "code": "unsupported_format",
+                    "detail": "Not a supported image. Only JPEG, PNG, WEBP, GIF, BMP are supported.",
+                }
+            ]
+        }
+    )
+    code: str = Field(description="stable, machine-readable error code")
+    detail: str = Field(description="what went wrong, for people")
+
+
+class ModelInfo(BaseModel):
+    hash: str = Field(examples=[HASH_EXAMPLE])
+    backbone: str = Field(examples=["efficientnet-lite0"])
+    embedding_dim: int = Field(examples=[128])
+    image_size: int = Field(examples=[224])
+
+
+class CompareResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "dissimilarity": 0.42,
+                    "similarity": 0.91,
+                    "same": True,
+                    "threshold": 0.8,
+                    "model": {
+                        "hash": HASH_EXAMPLE,
+                        "backbone": "efficientnet-lite0",
+                        "embedding_dim": 128,
+                        "image_size": 224,
+                    },
+                }
+            ]
+        }
+    )
+    dissimilarity: float = Field(description="Euclidean distance between the unit-length embeddings (0..2)")
+    similarity: float = Field(description="cosine similarity of the embeddings (-1..1)")
+    same: bool = Field(description="dissimilarity below the checkpoint's calibrated threshold")
+    threshold: float
+    model: ModelInfo
+
+
+class SearchHit(BaseModel):
+    id: int = Field(examples=[17])
+    label: str = Field(examples=["beagle"])
+    distance: float = Field(description="Euclidean distance to the query", examples=[0.37])
+    similarity: float = Field(description="cosine similarity to the query", examples=[0.93])
+    image_url: str = Field(examples=["/v1/gallery/17/image"])
+
+
+class SearchResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "results": [
+                        {
+                            "id": 17,
+                            "label": "beagle",
+                            "distance": 0.37,
+                            "similarity": 0.93,
+                            "image_url": "/v1/gallery/17/image",
+                        }
+                    ],
+                    "took_ms": 41.2,
+                    "index_version": 3,
+                }
+            ]
+        }
+    )
+    results: list[SearchHit]
+    took_ms: float
+    index_version: int
+
+
+class BatchSearchResponse(BaseModel):
+    queries: list[list[SearchHit]] = Field(description="one result list per uploaded image, in upload order")
+    took_ms: float
+    index_version: int
+
+
+class GalleryItem(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 17,
+                    "label": "beagle",
+                    "width": 480,
+                    "height": 320,
+                    "sha256": HASH_EXAMPLE,
+                    "added_at": "2025-01-01T12:00:00Z",
+                    "image_url": "/v1/gallery/17/image",
+                }
+            ]
+        }
+    )
+    id: int
+    label: str
+    width: int
+    height: int
+    sha256: str
+    added_at: datetime | None = None
+    image_url: str
+
+
+class AddItemResponse(GalleryItem):
+    created: bool = Field(description="false when the same image (by sha256) was already in the gallery")
+    index_version: int
+
+
+class GalleryPage(BaseModel):
+    items: list[GalleryItem]
+    total: int
+    offset: int
+    limit: int
+    labels: dict[str, int] = Field(description="item count per label in the whole gallery")
+
+
+class DeleteResponse(BaseModel):
+    id: int
+    deleted: bool = True
+    index_version: int
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Ready(BaseModel):
+    status: str = Field(examples=["ready"])
+
+
+ERROR_DESCRIPTIONS = {
+    401: "missing or unknown API key",
+    403: "the key may not do this (read key on a write route)",
+    404: "no such gallery item",
+    409: "another process changed the index on disk",
+    413: "upload larger than the cap",
+    415: "not a supported image format (the bytes are sniffed)",
+    422: "invalid request or unusable image (empty_image, image_too_large, corrupt_image, invalid_embedding)",
+    503: "not ready, draining, or the queue is full (overloaded); see Retry-After",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}

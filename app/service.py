@@ -1,0 +1,153 @@
+"""The loaded service: embedder, gallery index and batcher, and the work each request hands off to them.
+
+CPU work (decoding, re-encoding, searching, saving) runs in worker threads via ``anyio``; the forward pass
+runs on the batcher's own thread. Nothing here runs on the event loop for long.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anyio import to_thread
+from PIL import Image
+
+from app.batching import BatcherClosedError, DynamicBatcher, QueueFullError
+from app.errors import ServiceError, image_error, too_large
+from app.metrics import Metrics
+from app.schemas import ModelInfo, SearchHit
+from app.settings import Settings
+from index import GalleryIndex, Hit
+from model.embedder import Embedder
+from model.images import ImageError, load_image
+
+log = logging.getLogger(__name__)
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    kwargs: dict[str, Any] = {"device": settings.device}
+    if "engine" in inspect.signature(Embedder).parameters:
+        kwargs["engine"] = settings.engine
+    return Embedder(settings.checkpoint, **kwargs)
+
+
+def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
+    """Open the gallery built by this model, or create an empty one; a gallery of another model is refused."""
+    ckpt = embedder.checkpoint
+    index_dir = Path(settings.index)
+    if (index_dir / "CURRENT").is_file():
+        return GalleryIndex.open(index_dir, model_hash=ckpt.hash, dim=embedder.dim)
+    log.info("no gallery at %s: creating an empty one", index_dir)
+    return GalleryIndex.create(
+        index_dir, model_hash=ckpt.hash, backbone=ckpt.config.backbone, dim=embedder.dim
+    )
+
+
+@dataclass
+class Upload:
+    field: str
+    data: bytes
+
+
+@dataclass
+class Service:
+    settings: Settings
+    embedder: Embedder
+    index: GalleryIndex
+    metrics: Metrics
+    batcher: DynamicBatcher[Any] = field(init=False)
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.batcher = DynamicBatcher(
+            self._forward,
+            max_batch=s.batch_max_size,
+            max_wait_s=s.batch_max_wait_ms / 1000,
+            max_queue=s.queue_max,
+            enabled=s.batching,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.metrics.bind(lambda: self.batcher.depth, lambda: self.index.count)
+        self._tensor_path = hasattr(self.embedder, "embed_tensors") and hasattr(self.embedder, "preset")
+
+    @property
+    def model_info(self) -> ModelInfo:
+        ckpt = self.embedder.checkpoint
+        return ModelInfo(
+            hash=ckpt.hash,
+            backbone=ckpt.config.backbone,
+            embedding_dim=self.embedder.dim,
+            image_size=ckpt.config.image_size,
+        )
+
+    # -- embedding ------------------------------------------------------------------------------------------
+    def _prepare(self, image: Image.Image) -> Any:
+        """Per-request preprocessing, done in the request's thread so the model thread only runs the model."""
+        return self.embedder.preset(image) if self._tensor_path else image
+
+    def _forward(self, items: list[Any]) -> np.ndarray:
+        if self._tensor_path:
+            return self.embedder.embed_tensors(torch.stack(items))
+        return self.embedder.embed_images(items)
+
+    def decode(self, upload: Upload, draft_size: int | None) -> Image.Image:
+        if len(upload.data) > self.settings.max_upload_bytes:
+            raise too_large(self.settings.max_upload_bytes)
+        try:
+            return load_image(upload.data, draft_size=draft_size, max_pixels=self.settings.max_pixels)
+        except ImageError as exc:
+            raise image_error(exc, upload.field) from exc
+
+    def _decode_prepare(self, uploads: list[Upload]) -> list[Any]:
+        size = getattr(getattr(self.embedder, "preset", None), "resize_size", None)
+        return [self._prepare(self.decode(u, size)) for u in uploads]
+
+    async def embed(self, uploads: list[Upload], images: list[Image.Image] | None = None) -> np.ndarray:
+        """Uploads (or already decoded images) -> unit embeddings (n, d), through the shared batcher."""
+        n = len(images) if images is not None else len(uploads)
+        try:
+            with self.batcher.admit(n):
+                if images is not None:
+                    items = await to_thread.run_sync(lambda: [self._prepare(im) for im in images])
+                else:
+                    items = await to_thread.run_sync(self._decode_prepare, uploads)
+                vectors = await self.batcher.submit(items)
+        except QueueFullError as exc:
+            self.metrics.rejected.inc()
+            retry = {"Retry-After": str(self.settings.retry_after_s)}
+            raise ServiceError(503, "overloaded", f"Too busy: {exc} Retry shortly.", retry) from exc
+        except BatcherClosedError as exc:
+            raise ServiceError(503, "draining", str(exc), {"Retry-After": "1"}) from exc
+        if not np.isfinite(vectors).all():
+            raise ServiceError(
+                422, "invalid_embedding", "The model produced a non-finite embedding for this image."
+            )
+        return vectors
+
+    # -- search ---------------------------------------------------------------------------------------------
+    def hits(self, raw: list[Hit]) -> list[SearchHit]:
+        return [
+            SearchHit(
+                id=h.id,
+                label=h.label,
+                distance=float(h.distance),
+                similarity=float(h.similarity),
+                image_url=f"/v1/gallery/{h.id}/image",
+            )
+            for h in raw
+        ]
+
+    async def search(self, vectors: np.ndarray, k: int, label: str | None) -> list[list[Hit]]:
+        return await to_thread.run_sync(lambda: self.index.search(vectors, k, label=label))
+
+
+def elapsed_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)

@@ -1,0 +1,69 @@
+"""One settings object for the service: ``IMGSIM_*`` environment variables and ``.env``, built once."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMGSIM_", env_file=".env", extra="ignore")
+
+    checkpoint: Path = Field(default=Path("models/best.pt"), description="trained checkpoint (.pt)")
+    index: Path = Field(
+        default=Path("index"), description="gallery index directory; created empty when missing"
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    engine: str = Field(
+        default="auto", description="embedding engine, passed on when the embedder supports it"
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Bad input (RELIABILITY.md): caps enforced before and after reading.
+    max_upload_bytes: int = Field(default=10 * MiB, gt=0, description="per image")
+    max_body_bytes: int = Field(default=40 * MiB, gt=0, description="per request (several images)")
+    max_pixels: int = Field(default=40_000_000, gt=0)
+    max_batch_images: int = Field(default=16, ge=1, description="images in one /v1/search/batch request")
+
+    # Dynamic batching and the bounded queue.
+    batching: bool = True
+    batch_max_size: int = Field(default=32, ge=1)
+    batch_max_wait_ms: float = Field(default=3.0, ge=0)
+    queue_max: int = Field(
+        default=128, ge=1, description="images waiting or being embedded; the excess gets 503"
+    )
+    retry_after_s: int = Field(default=1, ge=0)
+
+    # Optional API keys (header X-API-Key, comma-separated lists); write keys also read. None: the API is open.
+    api_keys_read: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys_write: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    media_max_side: int = Field(
+        default=1024, ge=64, description="stored re-encoded uploads are at most this big"
+    )
+    drain_seconds: float = Field(
+        default=1.0, ge=0, description="after SIGTERM, readiness is 503 this long before exit"
+    )
+
+    @field_validator("api_keys_read", "api_keys_write", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys_read or self.api_keys_write)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,110 @@
+"""Fixtures for the service: a real gallery index of the synthetic shapes, built with the tiny checkpoint,
+and a TestClient that runs the lifespan and waits until the service is ready."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.main import create_app
+from app.settings import Settings
+from index import GalleryIndex, NewItem
+from model.embedder import Embedder
+from model.images import load_image
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.fixture
+def embedder(tiny_checkpoint: Path) -> Embedder:
+    return Embedder(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture
+def gallery_files(synthetic_gallery: Path) -> list[Path]:
+    return sorted(synthetic_gallery.glob("*/*.png"))
+
+
+@pytest.fixture
+def index_dir(tmp_path: Path, synthetic_gallery: Path, gallery_files: list[Path], embedder: Embedder) -> Path:
+    """A real GalleryIndex holding every synthetic image, embedded by the tiny model."""
+    path = tmp_path / "index"
+    ckpt = embedder.checkpoint
+    gi = GalleryIndex.create(
+        path,
+        model_hash=ckpt.hash,
+        backbone=ckpt.config.backbone,
+        dim=embedder.dim,
+        gallery_root=synthetic_gallery,
+    )
+    images = [load_image(p) for p in gallery_files]
+    items = [
+        NewItem(
+            str(p.relative_to(synthetic_gallery)),
+            p.parent.name,
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+            im.width,
+            im.height,
+        )
+        for p, im in zip(gallery_files, images, strict=True)
+    ]
+    gi.add(embedder.embed_images(images), items)
+    gi.save()
+    return path
+
+
+@pytest.fixture
+def settings(tiny_checkpoint: Path, index_dir: Path) -> Settings:
+    return Settings(
+        checkpoint=tiny_checkpoint, index=index_dir, device="cpu", batch_max_wait_ms=2.0, _env_file=None
+    )  # type: ignore[call-arg]
+
+
+def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get("/readyz")
+        if r.status_code == 200:
+            return
+        if r.json().get("code") == "load_failed":
+            raise AssertionError(r.text)
+        time.sleep(0.02)
+    raise AssertionError("the service did not become ready")
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with running(settings) as c:
+        yield c
+
+
+@pytest.fixture
+def make_client() -> Callable[[Settings], object]:
+    return running
+
+
+def ground_truth(embedder: Embedder, data: bytes) -> np.ndarray:
+    """The embedding computed in-process, without the service: what every endpoint must agree with."""
+    image = load_image(data, draft_size=embedder.preset.resize_size)
+    vec: np.ndarray = embedder.embed_images([image])[0]
+    return vec
