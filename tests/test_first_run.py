@@ -21,9 +21,21 @@ from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.network import ModelConfig, SiameseNetwork
 
 TINY_TRAIN_ARGS = [
-    "--backbone", TINY_CONFIG["backbone"], "--embedding-dim", str(TINY_CONFIG["embedding_dim"]),
-    "--image-size", str(TINY_CONFIG["image_size"]), "--no-pretrained", "--mode", "finetune",
-    "--max-steps", "2", "--batch-size", "8", "--workers", "0",
+    "--backbone",
+    TINY_CONFIG["backbone"],
+    "--embedding-dim",
+    str(TINY_CONFIG["embedding_dim"]),
+    "--image-size",
+    str(TINY_CONFIG["image_size"]),
+    "--no-pretrained",
+    "--mode",
+    "finetune",
+    "--max-steps",
+    "2",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
 ]
 
 
@@ -61,7 +73,9 @@ def save_trained(path: Path, gallery: Path, seed: int = 0) -> Checkpoint:
 # ---- data ------------------------------------------------------------------------------------------------
 
 
-def test_explicit_data_is_used_and_a_wrong_one_is_not_replaced(tmp_path: Path, synthetic_gallery: Path) -> None:
+def test_explicit_data_is_used_and_a_wrong_one_is_not_replaced(
+    tmp_path: Path, synthetic_gallery: Path
+) -> None:
     decoy = make_gallery(tmp_path / "decoy", per_class=1)
     opts = options(tmp_path, synthetic_gallery, default_data=(decoy,))
     assert first_run.resolve_data(opts, never_download) == (synthetic_gallery, "given")
@@ -121,18 +135,33 @@ def test_up_command_prints_the_offline_message_and_exits_2(
 
 def test_flags_beat_environment_beats_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     parser = build_parser()
-    for name in ("IMGSIM_DATA_DIR", "IMGSIM_RUN_DIR", "IMGSIM_INDEX", "IMGSIM_DEVICE", "IMGSIM_PORT",
-                 "IMGSIM_HOST", "IMGSIM_TRAIN_ARGS"):
+    for name in (
+        "IMGSIM_DATA_DIR",
+        "IMGSIM_RUN_DIR",
+        "IMGSIM_INDEX",
+        "IMGSIM_DEVICE",
+        "IMGSIM_PORT",
+        "IMGSIM_HOST",
+        "IMGSIM_TRAIN_ARGS",
+    ):
         monkeypatch.delenv(name, raising=False)
     plain = up_cli.options_from_args(parser.parse_args(["up"]))
-    assert (plain.data, plain.run_dir, plain.index_dir) == (None, Path("runs/default"), Path("indexes/default"))
+    assert (plain.data, plain.run_dir, plain.index_dir) == (
+        None,
+        Path("runs/default"),
+        Path("indexes/default"),
+    )
     assert (plain.device, plain.port, plain.train_args) == ("auto", 8000, ["--mode", "frozen"])
 
     monkeypatch.setenv("IMGSIM_DATA_DIR", "/photos")
     monkeypatch.setenv("IMGSIM_PORT", "9000")
     monkeypatch.setenv("IMGSIM_TRAIN_ARGS", "--mode finetune --epochs 2")
     env = up_cli.options_from_args(parser.parse_args(["up"]))
-    assert (env.data, env.port, env.train_args) == (Path("/photos"), 9000, ["--mode", "finetune", "--epochs", "2"])
+    assert (env.data, env.port, env.train_args) == (
+        Path("/photos"),
+        9000,
+        ["--mode", "finetune", "--epochs", "2"],
+    )
     flags = up_cli.options_from_args(parser.parse_args(["up", "--data", "/other", "--port", "9100"]))
     assert (flags.data, flags.port) == (Path("/other"), 9100)
 
@@ -159,7 +188,9 @@ def test_urls_and_serve_environment(tmp_path: Path) -> None:
     finally:
         os.environ.clear()
         os.environ.update(old)
-    assert settings.checkpoint == Path(env["IMGSIM_CHECKPOINT"]) and settings.index == Path(env["IMGSIM_INDEX"])
+    assert settings.checkpoint == Path(env["IMGSIM_CHECKPOINT"]) and settings.index == Path(
+        env["IMGSIM_INDEX"]
+    )
     assert (settings.device, settings.host, settings.port) == ("cpu", "0.0.0.0", 8123)
 
 
@@ -218,7 +249,9 @@ def test_same_model_changed_gallery_updates_only_the_difference(
 
     # One file removed, one added: the update drops one and embeds one, by the same model.
     (synthetic_gallery / "green_squares" / "green_squares_000.png").unlink()
-    draw_shape("blue_triangles", np.random.default_rng(3)).save(synthetic_gallery / "blue_triangles" / "x.png")
+    draw_shape("blue_triangles", np.random.default_rng(3)).save(
+        synthetic_gallery / "blue_triangles" / "x.png"
+    )
     assert first_run.ensure_index(opts.run_dir / "best.pt", synthetic_gallery, "fp2", opts) == "updated"
     gi = GalleryIndex.open(opts.index_dir, model_hash=ckpt.hash)
     paths = {r.path for r in gi.all_records()}
@@ -246,19 +279,32 @@ def test_damaged_checkpoint_is_retrained_not_reused(
     assert action == "trained" and path == opts.run_dir / "best.pt"
     # Trained into a scratch folder that replaced the run only once it held best.pt.
     scratch = opts.run_dir.with_name(".default.training")
-    assert calls == [["--data", str(synthetic_gallery), "--out", str(scratch), "--device", "cpu", *TINY_TRAIN_ARGS]]
+    assert calls == [
+        ["--data", str(synthetic_gallery), "--out", str(scratch), "--device", "cpu", *TINY_TRAIN_ARGS]
+    ]
     assert load_checkpoint(path).train_args["data_fingerprint"] == fingerprint
     assert not any(p.name.startswith(".default") for p in opts.run_dir.parent.iterdir())
 
 
 def test_up_no_serve_command_end_to_end_with_real_training(
-    tmp_path: Path, synthetic_gallery: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    synthetic_gallery: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The real `imgsim train` and index build under `imgsim up`, then a rerun that reuses both."""
     pytest.importorskip("model.train")
     monkeypatch.chdir(tmp_path)
-    argv = ["up", "--no-serve", "--data", str(synthetic_gallery), "--device", "cpu",
-            "--train-args", " ".join(TINY_TRAIN_ARGS)]
+    argv = [
+        "up",
+        "--no-serve",
+        "--data",
+        str(synthetic_gallery),
+        "--device",
+        "cpu",
+        "--train-args",
+        " ".join(TINY_TRAIN_ARGS),
+    ]
     args = build_parser().parse_args(argv)
     assert args.func(args) == 0
     best = tmp_path / "runs" / "default" / "best.pt"
