@@ -4,6 +4,7 @@ and a TestClient that runs the lifespan and waits until the service is ready."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,9 @@ def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
 
 @pytest.fixture
 def embedder(tiny_checkpoint: Path) -> Embedder:
+    # The reference PyTorch path: what the service runs with IMGSIM_ENGINE=torch (the tests' setting).
+    if "engine" in inspect.signature(Embedder).parameters:
+        return Embedder(tiny_checkpoint, device="cpu", engine="torch")  # type: ignore[call-arg]
     return Embedder(tiny_checkpoint, device="cpu")
 
 
@@ -69,7 +73,7 @@ def index_dir(tmp_path: Path, synthetic_gallery: Path, gallery_files: list[Path]
 @pytest.fixture
 def settings(tiny_checkpoint: Path, index_dir: Path) -> Settings:
     return Settings(
-        checkpoint=tiny_checkpoint, index=index_dir, device="cpu", batch_max_wait_ms=2.0, _env_file=None
+        checkpoint=tiny_checkpoint, index=index_dir, device="cpu", engine="torch", batch_max_wait_ms=2.0, _env_file=None
     )  # type: ignore[call-arg]
 
 

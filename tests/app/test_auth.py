@@ -1,0 +1,49 @@
+"""Optional API keys: read and write scopes, 401 with WWW-Authenticate, 403 for a read key on a write route."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.settings import Settings
+from tests.app.conftest import png_bytes, running
+from tests.conftest import draw_shape
+
+IMAGE = png_bytes(draw_shape("yellow_bars", np.random.default_rng(5)))
+
+
+def test_keys_and_scopes(settings: Settings) -> None:
+    secured = settings.model_copy(update={"api_keys_read": ["read-1"], "api_keys_write": ["write-1"]})
+    with running(secured) as client:
+        for path in ("/healthz", "/readyz", "/metrics", "/"):
+            assert client.get(path).status_code == 200, path
+        r = client.post("/v1/search", files={"image": ("a", IMAGE)})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == 'APIKey header="X-API-Key"'
+        assert r.json() == {"code": "missing_api_key", "detail": "Send an API key in the X-API-Key header."}
+        r = client.get("/v1/gallery", headers={"X-API-Key": "read-2"})
+        assert r.status_code == 401 and r.json() == {"code": "invalid_api_key", "detail": "The API key is not valid."}
+        read, write = {"X-API-Key": "read-1"}, {"X-API-Key": "write-1"}
+        assert client.post("/v1/search", files={"image": ("a", IMAGE)}, headers=read).status_code == 200
+        assert client.get("/v1/gallery", headers=read).json()["total"] == 48
+        forbidden = {"code": "insufficient_scope", "detail": "This key may read but not change the gallery."}
+        r = client.post("/v1/gallery", files={"image": ("a", IMAGE)}, data={"label": "x"}, headers=read)
+        assert (r.status_code, r.json()) == (403, forbidden)
+        r = client.delete("/v1/gallery/0", headers=read)
+        assert (r.status_code, r.json()) == (403, forbidden)
+        assert client.get("/v1/gallery", headers=write).status_code == 200  # write keys also read
+        r = client.post("/v1/gallery", files={"image": ("a", IMAGE)}, data={"label": "x"}, headers=write)
+        assert r.status_code == 201, r.text
+        assert client.delete(f"/v1/gallery/{r.json()['id']}", headers=write).status_code == 200
+
+
+def test_open_without_keys(client: object) -> None:
+    r = client.post("/v1/gallery", files={"image": ("a", IMAGE)}, data={"label": "x"})  # type: ignore[attr-defined]
+    assert r.status_code == 201
+
+
+def test_keys_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGSIM_API_KEYS_READ", " a, b ,")
+    monkeypatch.setenv("IMGSIM_API_KEYS_WRITE", "w")
+    monkeypatch.setenv("IMGSIM_BATCH_MAX_SIZE", "7")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (s.api_keys_read, s.api_keys_write, s.batch_max_size, s.auth_enabled) == (["a", "b"], ["w"], 7, True)

@@ -1,0 +1,149 @@
+"""The dynamic batcher: fewer forward passes than requests, rows back in order, bounded queue, clean close."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.batching import BatcherClosedError, DynamicBatcher, QueueFullError
+from app.settings import Settings
+from model.embedder import Embedder
+from tests.app.conftest import ground_truth, png_bytes, running
+from tests.conftest import draw_shape
+
+
+class FakeModel:
+    """Embeds the number ``x`` as the row ``[x, 2x]`` and records every batch it is given."""
+
+    def __init__(self, delay: float = 0.02) -> None:
+        self.calls: list[list[float]] = []
+        self.delay = delay
+
+    def __call__(self, items: list[float]) -> np.ndarray:
+        self.calls.append(list(items))
+        time.sleep(self.delay)
+        return np.array([[x, 2 * x] for x in items], dtype=np.float32)
+
+
+async def _submit_all(batcher: DynamicBatcher[float], jobs: list[list[float]]) -> list[np.ndarray]:
+    batcher.start()
+
+    async def one(items: list[float]) -> np.ndarray:
+        with batcher.admit(len(items)):
+            return await batcher.submit(items)
+
+    try:
+        return await asyncio.gather(*(one(j) for j in jobs))
+    finally:
+        await batcher.close()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_concurrent_jobs_share_passes(enabled: bool) -> None:
+    model = FakeModel()
+    batcher = DynamicBatcher(model, max_batch=8, max_wait_s=0.01, max_queue=64, enabled=enabled)
+    jobs = [[float(i)] for i in range(12)] + [[100.0, 101.0, 102.0]]
+    out = asyncio.run(_submit_all(batcher, jobs))
+    for job, rows in zip(jobs, out, strict=True):
+        np.testing.assert_array_equal(rows, [[x, 2 * x] for x in job])
+    assert sorted(x for call in model.calls for x in call) == sorted(x for j in jobs for x in j)
+    assert max(len(c) for c in model.calls) <= 8
+    if enabled:
+        assert len(model.calls) < len(jobs)
+    else:
+        assert len(model.calls) == len(jobs)
+    assert batcher.depth == 0 and batcher.batches == len(model.calls)
+
+
+def test_queue_is_bounded_and_errors_reach_every_waiter() -> None:
+    def broken(items: list[float]) -> np.ndarray:
+        raise RuntimeError("boom")
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(broken, max_batch=4, max_wait_s=0.005, max_queue=3)
+        batcher.start()
+        with batcher.admit(2), pytest.raises(QueueFullError):
+            with batcher.admit(2):
+                pass
+        assert batcher.depth == 0
+        results = await asyncio.gather(batcher.submit([1.0]), batcher.submit([2.0]), return_exceptions=True)
+        assert [str(r) for r in results] == ["boom", "boom"]
+        await batcher.close()
+        with pytest.raises(BatcherClosedError), batcher.admit(1):
+            pass
+
+    asyncio.run(scenario())
+
+
+def test_close_finishes_queued_work() -> None:
+    model = FakeModel(delay=0.05)
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = DynamicBatcher(model, max_batch=2, max_wait_s=0.0, max_queue=10)
+        batcher.start()
+        tasks = [asyncio.ensure_future(batcher.submit([float(i)])) for i in range(5)]
+        await asyncio.sleep(0)
+        await batcher.close()
+        return [t.result() for t in tasks]
+
+    out = asyncio.run(scenario())
+    assert [float(r[0, 0]) for r in out] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_concurrent_http_requests_take_fewer_forward_passes(settings: Settings, embedder: Embedder) -> None:
+    """N concurrent /v1/search requests through the real app: fewer than N forward passes, each answer the
+    same as embedding that image alone."""
+    n = 8
+    queries = [png_bytes(draw_shape("green_squares", np.random.default_rng(100 + i))) for i in range(n)]
+    with running(settings.model_copy(update={"batch_max_wait_ms": 50.0})) as client:
+        service = client.app.state.runtime.service  # type: ignore[attr-defined]
+        original = service.embedder.embed_tensors
+        sizes: list[int] = []
+        lock = threading.Lock()
+
+        def counting(batch: object) -> np.ndarray:
+            with lock:
+                sizes.append(len(batch))  # type: ignore[arg-type]
+            time.sleep(0.05)  # a slow model: requests pile up behind a running pass
+            out: np.ndarray = original(batch)
+            return out
+
+        service.embedder.embed_tensors = counting
+
+        def search(data: bytes) -> dict[str, object]:
+            r = client.post("/v1/search", files={"image": ("q", data)}, data={"k": "1"})
+            assert r.status_code == 200, r.text
+            body: dict[str, object] = r.json()
+            return body
+
+        with ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(search, queries))
+        metrics = client.get("/metrics").text
+    assert sum(sizes) == n and len(sizes) < n, sizes
+    assert f"imgsim_batch_size_count {float(len(sizes))}" in metrics
+    vectors = np.stack([ground_truth(embedder, q) for q in queries])
+    for answer, vec in zip(answers, vectors, strict=True):
+        hit = answer["results"][0]  # type: ignore[index]
+        expected = np.linalg.norm(vec - service.index.vector(hit["id"]))
+        assert abs(hit["distance"] - expected) < 1e-4
+
+
+def test_inference_does_not_block_the_event_loop(client: TestClient) -> None:
+    service = client.app.state.runtime.service  # type: ignore[attr-defined]
+    release = threading.Event()
+    original = service.embedder.embed_tensors
+    service.embedder.embed_tensors = lambda batch: (release.wait(10), original(batch))[1]
+    query = png_bytes(draw_shape("red_circles", np.random.default_rng(1)))
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(client.post, "/v1/search", files={"image": ("q", query)})
+        time.sleep(0.2)
+        assert not pending.done()
+        assert client.get("/healthz").status_code == 200  # answered while the model is busy
+        release.set()
+        assert pending.result(10).status_code == 200
