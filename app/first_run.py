@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import urllib.request
@@ -228,14 +227,14 @@ def prepare(opts: UpOptions, downloader: Downloader | None = None) -> Prepared:
     return Prepared(data, checkpoint, opts.index_dir, {"data": found, "model": trained, "index": indexed})
 
 
-def serve_environment(prepared: Prepared, opts: UpOptions) -> dict[str, str]:
-    """The ``IMGSIM_*`` settings (app/settings.py) that make ``imgsim serve`` serve what was prepared."""
+def serve_settings(prepared: Prepared, opts: UpOptions) -> dict[str, object]:
+    """The service settings (app/settings.py) that serve what was prepared; the rest come from IMGSIM_*."""
     return {
-        "IMGSIM_CHECKPOINT": str(prepared.checkpoint.resolve()),
-        "IMGSIM_INDEX": str(prepared.index_dir.resolve()),
-        "IMGSIM_DEVICE": opts.device,
-        "IMGSIM_HOST": opts.host,
-        "IMGSIM_PORT": str(opts.port),
+        "checkpoint": prepared.checkpoint.resolve(),
+        "index": prepared.index_dir.resolve(),
+        "device": opts.device,
+        "host": opts.host,
+        "port": opts.port,
     }
 
 
@@ -262,26 +261,25 @@ def wait_until_healthy(url: str, stop: threading.Event, poll_s: float = 0.5) -> 
 
 
 def serve(prepared: Prepared, opts: UpOptions, on_ready: Callable[[str, str], None]) -> int:
-    """Run ``imgsim serve`` on what was prepared, in this thread (so Ctrl+C and SIGTERM reach uvicorn);
+    """Run the service on what was prepared, in this thread (so Ctrl+C and SIGTERM reach uvicorn);
     ``on_ready(page_url, docs_url)`` is called from a watcher thread once ``/readyz`` answers."""
-    os.environ.update(serve_environment(prepared, opts))
-    from app.cli import main as cli_main
-    from app.settings import get_settings
+    from app.serve_cli import serve as serve_app
+    from app.settings import Settings
 
-    get_settings.cache_clear()  # settings are built once per process; these variables were just set
+    settings = Settings(**serve_settings(prepared, opts))  # type: ignore[arg-type]
     page, docs = public_urls(opts.host, opts.port)
     wildcard = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}
     probe_host = wildcard.get(opts.host, f"[{opts.host}]" if ":" in opts.host else opts.host)
-    health = f"http://{probe_host}:{opts.port}/readyz"  # model and gallery loaded
+    ready = f"http://{probe_host}:{opts.port}/readyz"  # model and gallery loaded
     stop = threading.Event()
 
     def announce() -> None:
-        if wait_until_healthy(health, stop):
+        if wait_until_healthy(ready, stop):
             on_ready(page, docs)
 
     watcher = threading.Thread(target=announce, name="imgsim-up-ready", daemon=True)
     watcher.start()
     try:
-        return cli_main(["serve"])
+        return serve_app(settings)
     finally:
         stop.set()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from conftest import TINY_CONFIG, draw_shape, make_gallery
 from app import first_run, up_cli
 from app.cli import build_parser
 from app.first_run import FirstRunError, UpOptions
+from app.settings import Settings
 from index import GalleryIndex
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.network import ModelConfig, SiameseNetwork
@@ -170,28 +174,59 @@ def test_flags_beat_environment_beats_defaults(monkeypatch: pytest.MonkeyPatch) 
         up_cli.options_from_args(parser.parse_args(["up"]))
 
 
-def test_urls_and_serve_environment(tmp_path: Path) -> None:
+def test_urls_and_serve_settings() -> None:
     assert first_run.public_urls("0.0.0.0", 8000) == ("http://localhost:8000/", "http://localhost:8000/docs")
     assert first_run.public_urls("10.1.2.3", 81) == ("http://10.1.2.3:81/", "http://10.1.2.3:81/docs")
     prepared = first_run.Prepared(Path("g"), Path("runs/x/best.pt"), Path("idx"), {})
-    env = first_run.serve_environment(prepared, UpOptions(device="cpu", host="0.0.0.0", port=8123))
-    assert env["IMGSIM_CHECKPOINT"] == str(Path("runs/x/best.pt").resolve())
-    assert env["IMGSIM_INDEX"] == str(Path("idx").resolve())
-    assert (env["IMGSIM_DEVICE"], env["IMGSIM_HOST"], env["IMGSIM_PORT"]) == ("cpu", "0.0.0.0", "8123")
-    # The names are the service's own settings (app/settings.py), so `imgsim serve` picks them up.
-    from app.settings import Settings
-
-    old = dict(os.environ)
-    try:
-        os.environ.update(env)
-        settings = Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
-    assert settings.checkpoint == Path(env["IMGSIM_CHECKPOINT"]) and settings.index == Path(
-        env["IMGSIM_INDEX"]
-    )
+    values = first_run.serve_settings(prepared, UpOptions(device="cpu", host="0.0.0.0", port=8123))
+    # The names are the service's own settings, so `imgsim serve` gets exactly what was prepared.
+    settings = Settings(**values)  # type: ignore[arg-type]
+    assert settings.checkpoint == Path("runs/x/best.pt").resolve() and settings.index == Path("idx").resolve()
     assert (settings.device, settings.host, settings.port) == ("cpu", "0.0.0.0", 8123)
+
+
+class _Ready(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/readyz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_serve_announces_the_urls_once_the_service_is_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serve step runs the service in this thread and prints the URLs only when /readyz answers."""
+    announced: list[tuple[str, str]] = []
+    seen: list[Settings] = []
+    done = threading.Event()
+
+    def fake_serve(settings: Settings) -> int:  # stands in for uvicorn: answers /readyz after a while
+        seen.append(settings)
+        time.sleep(0.3)
+        assert not announced  # nothing announced before the service answers
+        server = ThreadingHTTPServer((settings.host, settings.port), _Ready)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        done.wait(10)
+        server.shutdown()
+        server.server_close()
+        return 0
+
+    monkeypatch.setattr("app.serve_cli.serve", fake_serve)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    prepared = first_run.Prepared(tmp_path, tmp_path / "best.pt", tmp_path / "idx", {})
+    opts = UpOptions(device="cpu", host="127.0.0.1", port=port)
+
+    def on_ready(page: str, docs: str) -> None:
+        announced.append((page, docs))
+        done.set()
+
+    assert first_run.serve(prepared, opts, on_ready) == 0
+    assert announced == [(f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/docs")]
+    assert seen[0].checkpoint == (tmp_path / "best.pt").resolve() and seen[0].port == port
 
 
 # ---- model and index -------------------------------------------------------------------------------------
