@@ -1,0 +1,93 @@
+"""The threaded decode pipeline: same tensors as the eval preset, input order kept, bad files reported."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.batch_decode import decode_batch, iter_batches
+from model.embedder import Embedder
+from model.gpu_decode import decode_batch_cuda, gpu_decodable
+from model.images import load_image
+from model.presets import EvalPreset
+
+
+@pytest.fixture
+def mixed_files(synthetic_gallery: Path, tmp_path: Path) -> list[Path]:
+    """PNGs and JPEGs of several sizes, one rotated by EXIF, one corrupt and one missing."""
+    pngs = sorted(synthetic_gallery.rglob("*.png"))[:9]
+    out = list(pngs)
+    for k, png in enumerate(pngs[:4]):
+        jpg = tmp_path / f"photo_{k}.jpg"
+        Image.open(png).resize((90 + 7 * k, 70)).save(jpg, quality=92)
+        out.insert(2 * k + 1, jpg)
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.open(pngs[0]).resize((96, 64)).save(rotated, exif=exif)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
+    return [*out[:3], rotated, corrupt, *out[3:], tmp_path / "missing.png"]
+
+
+def preset_reference(files: list[Path], preset: EvalPreset) -> dict[int, torch.Tensor]:
+    ref = {}
+    for i, f in enumerate(files):
+        try:
+            ref[i] = preset(load_image(f, draft_size=preset.resize_size))
+        except (ValueError, OSError):
+            continue
+    return ref
+
+
+@pytest.mark.parametrize(("batch_size", "workers"), [(4, 0), (5, 2), (64, 3)])
+def test_batches_equal_the_eval_preset_in_input_order(
+    mixed_files: list[Path], batch_size: int, workers: int
+) -> None:
+    preset = EvalPreset(48)
+    ref = preset_reference(mixed_files, preset)
+    batches = list(iter_batches(mixed_files, preset, batch_size, workers, prefetch=1, chunk=3))
+    ok = [i for b in batches for i in b.ok]
+    failures = {i: e for b in batches for i, e in b.failures.items()}
+    assert ok == sorted(ref) and len(ok) == len(mixed_files) - 2
+    assert set(failures) == {4, len(mixed_files) - 1}
+    assert "corrupt" in failures[4].lower() or "ImageError" in failures[4]
+    images = torch.cat([b.images for b in batches])
+    torch.testing.assert_close(images, torch.stack([ref[i] for i in ok]), atol=1e-6, rtol=0)
+
+
+def test_gpu_decoder_path_agrees_with_the_cpu_path(mixed_files: list[Path]) -> None:
+    """Runs the GPU decoder's code on the CPU: JPEGs through decode_jpeg, the rest through load_image."""
+    preset = EvalPreset(48)
+    assert gpu_decodable(mixed_files[1].read_bytes())
+    assert not gpu_decodable(mixed_files[3].read_bytes())  # EXIF-rotated: the CPU path applies it
+    assert not gpu_decodable(mixed_files[0].read_bytes())  # PNG
+    got = decode_batch_cuda(mixed_files, 10, preset, torch.device("cpu"))
+    want = decode_batch(mixed_files, 10, preset)
+    assert got.ok == want.ok and set(got.failures) == set(want.failures) == {14, 10 + len(mixed_files) - 1}
+    # libjpeg in torchvision and in Pillow may round the IDCT differently: a grey level or two at most.
+    assert (got.images - want.images).abs().max() <= 3 / 255 / 0.224
+
+
+def test_embed_files_reports_failures_and_matches_embed_images(
+    tiny_checkpoint: Path, mixed_files: list[Path]
+) -> None:
+    embedder = Embedder(tiny_checkpoint, device="cpu", engine="torch")
+    result = embedder.embed_files(mixed_files, batch_size=4, num_workers=2, progress=False)
+    assert set(result.failures) == {4, len(mixed_files) - 1}
+    images = [load_image(mixed_files[i], draft_size=embedder.preset.resize_size) for i in result.ok]
+    np.testing.assert_allclose(result.embeddings, embedder.embed_images(images), atol=1e-5)
+    assert embedder.embed_files([], progress=False).embeddings.shape == (0, embedder.dim)
+
+
+def test_gpu_decodable_refuses_what_load_image_refuses() -> None:
+    buf = io.BytesIO()
+    Image.new("CMYK", (16, 16)).save(buf, format="JPEG")
+    assert not gpu_decodable(buf.getvalue())
+    assert not gpu_decodable(b"GIF89a not really")
+    assert not gpu_decodable(b"")
