@@ -23,6 +23,9 @@ def _bins(n_in: int, n_out: int) -> torch.Tensor:
 class MatrixAdaptiveAvgPool2d(nn.Module):
     """``AdaptiveAvgPool2d`` for one input size, as two matrix products (exportable for any sizes)."""
 
+    rows: torch.Tensor
+    cols: torch.Tensor
+
     def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
         super().__init__()
         self.register_buffer("rows", _bins(in_hw[0], out_hw[0]))
@@ -32,7 +35,7 @@ class MatrixAdaptiveAvgPool2d(nn.Module):
         return self.rows @ x @ self.cols.T
 
 
-def _pair(size: int | None | tuple[int | None, ...], default: tuple[int, int]) -> tuple[int, int]:
+def _pair(size: int | tuple[int | None, ...] | None, default: tuple[int, int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
     if size is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def test_changed_checkpoint_is_reexported(tiny_checkpoint: Path, count_exports: 
     old = engines.OnnxEngine(load_checkpoint(tiny_checkpoint))
     ckpt = load_checkpoint(tiny_checkpoint)
     with torch.no_grad():
-        ckpt.model.head.project.weight.mul_(-1.0)  # a "retrained" head: same architecture, new weights
+        ckpt.model.head.project.weight.mul_(-1.0)  # type: ignore[operator]  # a "retrained" head: same architecture, new weights
     save_checkpoint(ckpt, tiny_checkpoint)
     new_ckpt = load_checkpoint(tiny_checkpoint)
     new = engines.OnnxEngine(new_ckpt)
@@ -77,7 +78,7 @@ def test_changed_checkpoint_is_reexported(tiny_checkpoint: Path, count_exports: 
 
 def test_stale_or_damaged_cache_file_is_replaced(tiny_checkpoint: Path, count_exports: list[Path]) -> None:
     ckpt = load_checkpoint(tiny_checkpoint)
-    other_model = SiameseNetwork(ModelConfig(**{**ckpt.config.to_dict(), "pretrained": False})).eval()
+    other_model = SiameseNetwork(dataclasses.replace(ckpt.config, pretrained=False)).eval()  # fresh weights
     other = Checkpoint(other_model, path=tiny_checkpoint)  # cached in the same folder
     stale = engines.OnnxEngine(other).path  # a valid export, of different weights
     path = onnx_path(ckpt)
