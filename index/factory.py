@@ -89,6 +89,8 @@ def make_index(factory: str, dim: int) -> tuple[faiss.Index, str]:
         if isinstance(idx, faiss.IndexIVF):
             # A hash table from id to list position: reconstruct(id) and remove_ids with arbitrary ids.
             idx.set_direct_map_type(_faiss.DirectMap.Hashtable)
+        if isinstance(idx, faiss.IndexIVFPQ | faiss.IndexPQ):
+            idx.do_polysemous_training = False  # only serves Hamming pre-filtering, which we do not use; slow
     apply_search_params(index, default_search_params(index))
     return index, factory
 
@@ -102,6 +104,15 @@ def min_train_size(index: faiss.Index) -> int:
         if isinstance(idx, faiss.IndexIVFPQ):
             need = max(need, 1 << idx.pq.nbits)
     return need
+
+
+def training_sample(x: np.ndarray, need: int, per_centroid: int = 64, seed: int = 0) -> np.ndarray:
+    """At most ``per_centroid`` points per centroid: k-means quality saturates there, time does not."""
+    cap = max(need * per_centroid, 10_000)
+    if len(x) <= cap:
+        return x
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), cap, replace=False))
+    return np.ascontiguousarray(x[rows])
 
 
 def search_params(index: faiss.Index, selector: faiss.IDSelector | None) -> faiss.SearchParameters:
@@ -127,19 +138,17 @@ def search_params(index: faiss.Index, selector: faiss.IDSelector | None) -> fais
     return for_component(0)
 
 
-def rebuild_without(index: faiss.Index, factory: str, keep_ids: np.ndarray) -> faiss.Index:
-    """A fresh index holding only ``keep_ids``, for types that cannot remove in place (HNSW, refine)."""
-    dim = index.d
-    vectors = (
-        np.vstack([index.reconstruct(int(i)) for i in keep_ids]) if len(keep_ids) else np.zeros((0, dim))
-    )
-    fresh, _ = make_index(factory, dim)
+def rebuild_without(index: faiss.Index, keep_ids: np.ndarray) -> faiss.Index:
+    """A copy holding only ``keep_ids``, for types that cannot remove in place (HNSW, refine).
+
+    ``reset`` empties the copy but keeps what it learnt in training, so nothing is retrained."""
+    vectors = np.vstack([index.reconstruct(int(i)) for i in keep_ids]) if len(keep_ids) else None
+    fresh = faiss.clone_index(index)
+    fresh.reset()
     apply_search_params(fresh, current_search_params(index))
-    if len(keep_ids):
-        if not fresh.is_trained:
-            fresh.train(vectors.astype(np.float32))
+    if vectors is not None:
         fresh.add_with_ids(vectors.astype(np.float32), keep_ids.astype(np.int64))
-    log.warning("rebuilt the %s index without the removed ids (%d vectors kept)", factory, len(keep_ids))
+    log.warning("rebuilt the index without the removed ids (%d vectors kept)", len(keep_ids))
     return fresh
 
 

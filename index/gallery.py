@@ -298,7 +298,7 @@ class GalleryIndex:
                         f"got {len(rows)}. "
                         "Use the exact type (--factory IDMap2,Flat) for a gallery this small."
                     )
-                index.train(x[rows])
+                index.train(fx.training_sample(x[rows], need))
             index.add_with_ids(x[rows], np.asarray(new_ids, dtype=np.int64))
             self._state = State(index, records, by_sha, next_id)
             self._dirty = True
@@ -318,7 +318,7 @@ class GalleryIndex:
             try:
                 cast(Any, index).remove_ids(np.asarray(gone, dtype=np.int64))
             except RuntimeError:  # HNSW and refine indexes cannot remove in place
-                index = fx.rebuild_without(state.index, self.factory, np.fromiter(records, dtype=np.int64))
+                index = fx.rebuild_without(state.index, np.fromiter(records, dtype=np.int64))
             by_sha = {r.sha256: i for i, r in records.items()}
             self._state = State(index, records, by_sha, state.next_id)
             self._dirty = True

@@ -24,7 +24,13 @@ def clustered(n: int, dim: int, seed: int = 0, clusters: int = 20, spread: float
 def new_items(n: int, start: int = 0, label: str | None = None) -> list[NewItem]:
     """Items with distinct contents; labels cycle over three classes unless ``label`` is given."""
     return [
-        NewItem(f"cls{i % 3}/img{i}.png", label or f"cls{i % 3}", hashlib.sha256(str(i).encode()).hexdigest(), 8, 6)
+        NewItem(
+            f"cls{i % 3}/img{i}.png",
+            label or f"cls{i % 3}",
+            hashlib.sha256(str(i).encode()).hexdigest(),
+            8,
+            6,
+        )
         for i in range(start, start + n)
     ]
 
@@ -37,9 +43,17 @@ def brute_force(gallery: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: in
 
 @pytest.fixture
 def make_index(tmp_path: Path):  # type: ignore[no-untyped-def]
-    def make(n: int = 200, dim: int = 16, factory: str | None = None, name: str = "idx") -> tuple[GalleryIndex, np.ndarray]:
-        gi = GalleryIndex.create(tmp_path / name, model_hash="m" * 64, backbone="seed-cnn", dim=dim,
-                                 gallery_root=tmp_path / "gallery", factory=factory)
+    def make(
+        n: int = 200, dim: int = 16, factory: str | None = None, name: str = "idx"
+    ) -> tuple[GalleryIndex, np.ndarray]:
+        gi = GalleryIndex.create(
+            tmp_path / name,
+            model_hash="m" * 64,
+            backbone="seed-cnn",
+            dim=dim,
+            gallery_root=tmp_path / "gallery",
+            factory=factory,
+        )
         x = clustered(n, dim)
         if n:
             gi.add(x, new_items(n))

@@ -1,0 +1,74 @@
+"""Approximate index types against exact brute force, and the automatic choice of type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index import choose_factory
+from index.factory import EXACT_MAX, IVF_FLAT_MAX, make_index
+from tests.index.conftest import brute_force, clustered
+
+N, DIM = 2000, 32
+
+
+def recall_at(found: list[list[int]], truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+@pytest.mark.parametrize(
+    ("factory", "params"),
+    [
+        ("IVF64,Flat", {"nprobe": 16}),
+        ("HNSW32", {"efSearch": 128}),
+        ("IVF32,PQ8,RFlat", {"nprobe": 16, "k_factor": 8}),  # compressed codes + exact re-ranking
+    ],
+)
+def test_approximate_recall_vs_exact(make_index, factory: str, params: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
+    gi, x = make_index(N, DIM, factory=factory)
+    gi.set_search_params(**params)
+    queries = clustered(100, DIM, seed=11)
+    truth = brute_force(x, np.arange(N), queries, 10)
+    found = [[h.id for h in row] for row in gi.search(queries, 10)]
+    assert recall_at(found, truth) >= 0.95
+    # Removal keeps the remaining ids and the count consistent (HNSW and refine rebuild, IVF removes).
+    gone = set(gi.remove(list(range(0, N, 7))))
+    assert gi.ntotal == gi.count == N - len(gone)
+    found = [[h.id for h in row] for row in gi.search(queries, 10)]
+    assert not gone & {i for row in found for i in row}
+    keep = np.array(sorted(set(range(N)) - gone))
+    assert recall_at(found, brute_force(x[keep], keep, queries, 10)) >= 0.95
+    # The label filter is exact on every type (selector on IVF, brute force over the label on the others).
+    mine = keep[keep % 3 == 2]
+    found = [[h.id for h in row] for row in gi.search(queries[:10], 10, label="cls2")]
+    assert all(i % 3 == 2 for row in found for i in row)
+    assert recall_at(found, brute_force(x[mine], mine, queries[:10], 10)) >= 0.9
+
+
+def test_search_params_survive_save_and_open(make_index) -> None:  # type: ignore[no-untyped-def]
+    gi, _ = make_index(2000, DIM, factory="IVF32,Flat")
+    gi.set_search_params(nprobe=7)
+    gi.save()
+    from index import GalleryIndex
+
+    assert GalleryIndex.open(gi.index_dir).info()["search_params"] == {"nprobe": 7}
+
+
+def test_untrained_type_needs_enough_vectors(make_index) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="at least 64"):
+        make_index(20, DIM, factory="IVF64,Flat")
+
+
+def test_choose_factory_follows_the_size_guidelines() -> None:
+    assert choose_factory(10, 256) == "IDMap2,Flat"
+    assert choose_factory(EXACT_MAX, 256) == "IDMap2,Flat"
+    assert choose_factory(EXACT_MAX + 1, 256) == "IVF4096,Flat"
+    assert choose_factory(IVF_FLAT_MAX + 1, 256) == "IVF16384,PQ64"
+    assert choose_factory(IVF_FLAT_MAX + 1, 100) == "IVF16384,PQ25"  # subquantizers divide the dimension
+
+
+def test_types_without_ids_are_wrapped() -> None:
+    assert make_index("Flat", 8)[1] == "IDMap2,Flat"
+    assert make_index("IVF8,Flat", 8)[1] == "IVF8,Flat"
+    with pytest.raises(ValueError, match="Invalid FAISS factory"):
+        make_index("NotAnIndex", 8)
