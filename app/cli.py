@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     from index import cli as index_cli
     from model import cli as model_cli
 
-    parser = argparse.ArgumentParser(prog="imgsim", description="Image similarity search: train, index, serve.")
+    parser = argparse.ArgumentParser(
+        prog="imgsim", description="Image similarity search: train, index, serve."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_cli.register(subparsers)

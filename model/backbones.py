@@ -32,7 +32,9 @@ class EfficientNetLite0(Backbone):
 
         net = EfficientNet.from_name("efficientnet-lite0")
         if pretrained:
-            net.load_state_dict(torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True))
+            net.load_state_dict(
+                torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
+            )
         self.net = net
         self.pool = nn.AdaptiveAvgPool2d(1)
 

@@ -115,8 +115,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     model.load_state_dict(payload["model"])
     model.config = ModelConfig(**payload["model_args"])
     model.eval()
-    known = {"format_version", "model_args", "model", "content_hash", "embedding_dim", "backbone", "class_names",
-             "threshold", "splits", "metrics", "train_args", "versions"}
+    known = {
+        "format_version",
+        "model_args",
+        "model",
+        "content_hash",
+        "embedding_dim",
+        "backbone",
+        "class_names",
+        "threshold",
+        "splits",
+        "metrics",
+        "train_args",
+        "versions",
+    }
     return Checkpoint(
         model=model,
         class_names=list(payload.get("class_names", [])),

@@ -75,7 +75,10 @@ class Splits:
     def to_dict(self) -> dict[str, object]:
         return {
             "seed": self.seed,
-            **{name: [[i.path, i.label] for i in getattr(self, name)] for name in ("train", "val", "val_open")},
+            **{
+                name: [[i.path, i.label] for i in getattr(self, name)]
+                for name in ("train", "val", "val_open")
+            },
         }
 
     @classmethod
@@ -121,3 +124,14 @@ def make_splits(
         splits.val.extend(sorted(members[:n_val], key=lambda i: i.path))
         splits.train.extend(sorted(members[n_val:], key=lambda i: i.path))
     return splits
+
+
+def gallery_fingerprint(gallery: Gallery) -> str:
+    """sha256 over (path, label, size, mtime) of every item: changes whenever the gallery's files change."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for item in gallery.items:
+        stat = gallery.absolute(item).stat()
+        digest.update(f"{item.path}\0{item.label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

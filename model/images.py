@@ -73,7 +73,9 @@ def _decode(fp: BinaryIO, *, draft_size: int | None, max_pixels: int) -> Image.I
                 f"Not a supported image. Only {', '.join(ALLOWED_FORMATS)} are supported.",
             ) from exc
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError("image_too_large", f"The image has too many pixels (cap {max_pixels:,}).") from exc
+            raise ImageError(
+                "image_too_large", f"The image has too many pixels (cap {max_pixels:,})."
+            ) from exc
         except OSError as exc:
             raise ImageError("corrupt_image", f"The image could not be read: {exc}") from exc
         width, height = image.size
@@ -89,10 +91,10 @@ def _decode(fp: BinaryIO, *, draft_size: int | None, max_pixels: int) -> Image.I
         try:
             image.seek(0)  # animated GIF/WebP: the first frame only
             image.load()
-            image = ImageOps.exif_transpose(image) or image
+            oriented: Image.Image = ImageOps.exif_transpose(image) or image
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ImageError("corrupt_image", f"The image could not be decoded: {exc}") from exc
-    return to_rgb(image)
+    return to_rgb(oriented)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -11,26 +11,38 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _ranked_matches(embeddings: np.ndarray, labels: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each query: whether each of its ``depth`` nearest others shares its label, and its class size R."""
-    matches = np.zeros((len(embeddings), depth), dtype=bool)
-    for start in range(0, len(embeddings), 1024):  # chunks bound the n×n similarity matrix's memory
-        sims = embeddings[start : start + 1024] @ embeddings.T
-        rows = np.arange(sims.shape[0])
-        sims[rows, start + rows] = -np.inf  # a query never retrieves itself
+def _ranked_matches(
+    embeddings: np.ndarray, labels: np.ndarray, depth: int, queries: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row: whether each of its ``depth`` nearest others shares its label, and its R."""
+    matches = np.zeros((len(queries), depth), dtype=bool)
+    for start in range(0, len(queries), 1024):  # chunks bound the similarity matrix's memory
+        rows = queries[start : start + 1024]
+        sims = embeddings[rows] @ embeddings.T
+        sims[np.arange(len(rows)), rows] = -np.inf  # a query never retrieves itself
         order = np.argsort(-sims, axis=1, kind="stable")[:, :depth]
-        matches[start : start + 1024] = labels[order] == labels[start : start + 1024, None]
+        matches[start : start + 1024] = labels[order] == labels[rows, None]
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    return matches, counts[inverse] - 1
+    return matches, (counts[inverse] - 1)[queries]
 
 
-def retrieval_metrics(embeddings: np.ndarray, labels: Sequence[str], ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """Recall@k (a same-class image among the top k), precision@1 and MAP@R, leave-one-out."""
+def retrieval_metrics(
+    embeddings: np.ndarray,
+    labels: Sequence[str],
+    ks: Sequence[int] = (1, 5, 10),
+    queries: Sequence[int] | np.ndarray | None = None,
+) -> dict:
+    """Recall@k (a same-class image among the top k), precision@1 and MAP@R, leave-one-out.
+
+    By default every image queries all the others; ``queries`` restricts the queries to those rows (held-out
+    images searched against everything else), the database staying whole.
+    """
     labels_arr = np.asarray(labels)
+    query_rows = np.arange(len(labels_arr)) if queries is None else np.asarray(queries, dtype=np.int64)
     r_max = int(np.unique(labels_arr, return_counts=True)[1].max()) - 1
     depth = max(max(ks), r_max, 1)
     depth = min(depth, len(labels_arr) - 1)
-    matches, r = _ranked_matches(np.asarray(embeddings, dtype=np.float32), labels_arr, depth)
+    matches, r = _ranked_matches(np.asarray(embeddings, dtype=np.float32), labels_arr, depth, query_rows)
     valid = r > 0  # a class of one image has nothing to retrieve
     out = {f"recall_at_{k}": float(matches[valid, :k].any(axis=1).mean()) for k in ks}
     out["precision_at_1"] = float(matches[valid, 0].mean())
@@ -54,7 +66,9 @@ def roc_curve(distances: np.ndarray, dissimilar: np.ndarray) -> tuple[np.ndarray
     return fpr, tpr, np.r_[-np.inf, d[last_of_ties]]
 
 
-def verification_metrics(distances: np.ndarray, dissimilar: np.ndarray, threshold: float | None = None) -> dict:
+def verification_metrics(
+    distances: np.ndarray, dissimilar: np.ndarray, threshold: float | None = None
+) -> dict:
     """ROC-AUC and equal error rate of "same if distance < t"; accuracy at ``threshold`` when given."""
     fpr, tpr, _ = roc_curve(distances, dissimilar)
     out = {"roc_auc": float(np.trapezoid(tpr, fpr))}
@@ -77,7 +91,9 @@ def calibrate_threshold(distances: np.ndarray, dissimilar: np.ndarray) -> float:
     return float((thresholds[best] + upper) / 2) if np.isfinite(thresholds[best]) else float(d[0] / 2)
 
 
-def sample_pairs(labels: Sequence[str], n_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_pairs(
+    labels: Sequence[str], n_pairs: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Balanced random evaluation pairs: half same-class, half different-class, seeded."""
     rng = np.random.default_rng(seed)
     labels_arr = np.asarray(labels)

@@ -45,6 +45,7 @@ class EmbeddingHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, kind: str = "residual", hidden_dim: int = 1024) -> None:
         super().__init__()
         self.kind = kind
+        self.mean: torch.Tensor
         self.register_buffer("mean", torch.zeros(in_dim))
         if kind == "mlp":
             self.project: nn.Module = nn.Sequential(
@@ -65,11 +66,14 @@ class EmbeddingHead(nn.Module):
         """Start ``P`` at the top principal directions of ``features`` (identity-like initialisation)."""
         if not isinstance(self.project, nn.Linear):
             return
+        features = features.float()
         mean = features.mean(dim=0)
-        centred = (features - mean).float()
+        centred = features - mean
         out_dim = self.project.out_features
-        _, _, v = torch.linalg.svd(centred, full_matrices=False)
-        components = v[:out_dim]
+        # Eigenvectors of the (dim x dim) covariance: much cheaper than an SVD of the (n x dim) data.
+        eigenvalues, eigenvectors = torch.linalg.eigh(centred.T @ centred)
+        rank = int((eigenvalues > eigenvalues.max() * 1e-6).sum())
+        components = eigenvectors.flip(1).T[: min(out_dim, rank)]
         if components.shape[0] < out_dim:  # fewer samples than dimensions: pad with orthogonal directions
             extra = torch.empty(out_dim - components.shape[0], components.shape[1])
             nn.init.orthogonal_(extra)
@@ -101,7 +105,12 @@ class SiameseNetwork(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Embeds a pair (the Siamese view); with one input, embeds it alone (what DDP training calls)."""
+        if x2 is None:
+            return self.embed(x1)
         return self.embed(x1), self.embed(x2)
 
 

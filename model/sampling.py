@@ -40,7 +40,9 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         self.m = m_per_class
         self.p = min(classes_per_batch or len(self.by_class), len(self.by_class))
         if self.m < 2 or self.p < 2:
-            raise ValueError("A batch needs at least 2 classes and 2 images per class to form both pair kinds.")
+            raise ValueError(
+                "A batch needs at least 2 classes and 2 images per class to form both pair kinds."
+            )
         self.batches = batches_per_epoch or max(1, len(labels) // (self.m * self.p))
         self.seed, self.epoch, self.rank, self.world_size = seed, 0, rank, world_size
 
@@ -59,7 +61,9 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             for c in chosen:
                 members = self.by_class[c]
                 # Sample without replacement where the class is large enough, else with.
-                batch += rng.sample(members, self.m) if len(members) >= self.m else rng.choices(members, k=self.m)
+                batch += (
+                    rng.sample(members, self.m) if len(members) >= self.m else rng.choices(members, k=self.m)
+                )
             if b % self.world_size == self.rank:
                 yield batch
 

@@ -1,0 +1,50 @@
+"""Torch datasets over gallery items: decoded images for fine-tuning, cached features for frozen training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from model.data import Item
+from model.images import load_image
+
+
+class ImageItems(Dataset[tuple[torch.Tensor, int]]):
+    """``(transformed image, class index)`` for each item; every image passes through ``load_image``."""
+
+    def __init__(
+        self,
+        root: Path,
+        items: Sequence[Item],
+        transform: Callable[[Image.Image], torch.Tensor],
+        class_to_idx: dict[str, int],
+        draft_size: int | None = None,
+    ) -> None:
+        self.root, self.items, self.transform = root, list(items), transform
+        self.class_to_idx, self.draft_size = class_to_idx, draft_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        item = self.items[i]
+        image = load_image(self.root / item.path, draft_size=self.draft_size)
+        return self.transform(image), self.class_to_idx.get(item.label, -1)
+
+
+class FeatureItems(Dataset[tuple[torch.Tensor, int]]):
+    """Pre-computed backbone features with their class indices (frozen-backbone training)."""
+
+    def __init__(self, features: torch.Tensor, labels: Sequence[str], class_to_idx: dict[str, int]) -> None:
+        self.features = features
+        self.targets = torch.tensor([class_to_idx.get(label, -1) for label in labels])
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.features[i], int(self.targets[i])

@@ -1,0 +1,180 @@
+"""One optimisation step and one epoch, for both pair schemes and both training modes."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from model.losses import ContrastiveLoss, all_pairs, euclidean_distance
+from model.sampling import ClassBalancedBatchSampler, article_pairs
+
+
+@dataclass
+class PairBatches:
+    """What one step trains on: index batches (class-balanced; all pairs used) or pair lists (article)."""
+
+    sampler: ClassBalancedBatchSampler | None
+    labels: Sequence[str]
+    pairs_per_class: int
+    batch_size: int
+    seed: int
+    rank: int
+    world_size: int
+    epoch: int = 0
+    dataset: Dataset[tuple[torch.Tensor, int]] | None = None
+
+    @classmethod
+    def create(
+        cls, args: argparse.Namespace, labels: Sequence[str], rank: int, world_size: int
+    ) -> PairBatches:
+        sampler = None
+        if args.sampler == "class-balanced":
+            sampler = ClassBalancedBatchSampler(
+                labels,
+                args.m_per_class,
+                args.classes_per_batch,
+                args.steps_per_epoch,
+                seed=args.seed,
+                rank=rank,
+                world_size=world_size,
+            )
+        return cls(sampler, labels, args.pairs_per_class, args.batch_size, args.seed, rank, world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        if self.sampler is not None:
+            return len(self.sampler)
+        n_pairs = 2 * self.pairs_per_class * len(set(self.labels))
+        return max(1, n_pairs // (self.batch_size * self.world_size))
+
+    def pair_batches(self) -> Iterator[list[tuple[int, int, int]]]:
+        pairs = article_pairs(self.labels, self.pairs_per_class, seed=self.seed * 100_003 + self.epoch)
+        for b in range(len(self)):
+            start = (b * self.world_size + self.rank) * self.batch_size
+            yield pairs[start : start + self.batch_size]
+
+
+@dataclass
+class StepContext:
+    module: nn.Module  # the head (frozen mode) or the whole network; possibly wrapped in DDP
+    frozen: bool
+    loss_fn: ContrastiveLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    amp: bool
+    distill: float
+    teacher: nn.Module | None
+    class_to_idx: dict[str, int]
+
+
+def structure_loss(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean squared gap between the batch's cosine similarities and the frozen backbone's.
+
+    It lets training move classes apart while keeping the overall geometry the pretrained backbone learnt
+    on ImageNet, which is what carries over to breeds never seen in training.
+    """
+    reference = F.normalize(reference.float(), dim=-1)
+    return (embeddings @ embeddings.T - reference @ reference.T).pow(2).mean()
+
+
+def step_loss(
+    ctx: StepContext, inputs: torch.Tensor, i: torch.Tensor, j: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Contrastive loss over pairs ``(i, j, y)`` of the embedded ``inputs`` (+ the structure term)."""
+    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.amp):
+        embeddings = ctx.module(inputs).float()
+    loss = ctx.loss_fn(euclidean_distance(embeddings[i], embeddings[j]), y)
+    if ctx.distill > 0:
+        if ctx.frozen:
+            reference = inputs
+        else:
+            assert ctx.teacher is not None
+            with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.amp):
+                reference = ctx.teacher(inputs)
+        loss = loss + ctx.distill * structure_loss(embeddings, reference)
+    return loss
+
+
+def _batches(
+    ctx: StepContext, batches: PairBatches, features: torch.Tensor | None, loader: DataLoader | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yields ``(inputs, i, j, y)`` on the device, whatever the scheme and mode."""
+    if batches.sampler is not None:
+        source: Any = loader if loader is not None else batches.sampler
+        for batch in source:
+            if loader is not None:
+                inputs, targets = batch
+            else:
+                assert features is not None
+                inputs = features[batch]
+                targets = torch.tensor([ctx.class_to_idx[batches.labels[k]] for k in batch])
+            i, j, y = all_pairs(targets)
+            yield inputs.to(ctx.device, non_blocking=True), i, j, y.to(ctx.device)
+        return
+    for pairs in batches.pair_batches():
+        left, right, y_list = zip(*pairs, strict=True)
+        order = list(left) + list(right)
+        if features is not None:
+            inputs = features[order]
+        else:
+            assert batches.dataset is not None
+            inputs = torch.stack([batches.dataset[k][0] for k in order])
+        n = len(pairs)
+        yield (
+            inputs.to(ctx.device),
+            torch.arange(n),
+            torch.arange(n, 2 * n),
+            torch.tensor(y_list, device=ctx.device),
+        )
+
+
+def train_one_epoch(
+    ctx: StepContext,
+    batches: PairBatches,
+    features: torch.Tensor | None,
+    loader: DataLoader | None,
+    step: int,
+    steps_per_epoch: int,
+    total_steps: int,
+    progress: bool = True,
+    desc: str = "train",
+) -> tuple[int, list[float]]:
+    ctx.module.train()
+    losses: list[float] = []
+    bar = tqdm(total=min(steps_per_epoch, total_steps - step), desc=desc, unit="step", disable=not progress)
+    for inputs, i, j, y in _batches(ctx, batches, features, loader):
+        if len(losses) >= steps_per_epoch or step >= total_steps:
+            break
+        loss = step_loss(ctx, inputs, i.to(ctx.device), j.to(ctx.device), y)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        ctx.optimizer.step()
+        ctx.scheduler.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        bar.update()
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    bar.close()
+    ctx.module.eval()
+    return step, losses
+
+
+def validation_loss(result: Any, loss_fn: ContrastiveLoss) -> float:
+    """The contrastive loss on the first validation set's fixed evaluation pairs."""
+    for name, (i, j, y) in result.pairs.items():
+        emb = torch.from_numpy(result.embeddings[name])
+        return float(loss_fn(euclidean_distance(emb[i], emb[j]), torch.from_numpy(y)))
+    return float("nan")
