@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ def run(quick: bool = False) -> str:
     if not quick:
         for workers in (1, 2, 4):
             tuning[f"{workers} decode threads, ORT no spin"] = measure(
-                lambda w=workers: fast.embed_files(photos, num_workers=w, progress=False), len(photos), few
+                partial(fast.embed_files, photos, num_workers=workers, progress=False), len(photos), few
             )
         spin = Embedder(ckpt, device="cpu", engine="onnx", spin=True)
         tuning["2 decode threads, ORT spinning"] = measure(
