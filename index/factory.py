@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -90,7 +90,7 @@ def make_index(factory: str, dim: int) -> tuple[faiss.Index, str]:
             # A hash table from id to list position: reconstruct(id) and remove_ids with arbitrary ids.
             idx.set_direct_map_type(_faiss.DirectMap.Hashtable)
         if isinstance(idx, faiss.IndexIVFPQ | faiss.IndexPQ):
-            idx.do_polysemous_training = False  # only serves Hamming pre-filtering, which we do not use; slow
+            cast(Any, idx).do_polysemous_training = False  # only serves Hamming pre-filtering, which we do not use; slow
     apply_search_params(index, default_search_params(index))
     return index, factory
 
