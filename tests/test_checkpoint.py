@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.network import SiameseNetwork
+
+
+def test_round_trip_rebuilds_the_identical_network(tiny_checkpoint: Path, tiny_model: SiameseNetwork) -> None:
+    loaded = load_checkpoint(tiny_checkpoint)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.embed(x), tiny_model.embed(x))
+    assert loaded.class_names == ["blue_triangles", "green_squares", "red_circles", "yellow_bars"]
+    assert loaded.threshold == 0.5
+    assert loaded.config == tiny_model.config
+
+
+def test_content_hash_follows_the_weights(tmp_path: Path, tiny_model: SiameseNetwork) -> None:
+    h1 = save_checkpoint(Checkpoint(tiny_model), tmp_path / "a.pt")
+    h2 = save_checkpoint(Checkpoint(tiny_model, threshold=0.9), tmp_path / "b.pt")
+    assert h1 == h2 == load_checkpoint(tmp_path / "a.pt").hash  # metadata does not change the model's identity
+    with torch.no_grad():
+        tiny_model.head.project.weight[0, 0] += 1e-3
+    assert save_checkpoint(Checkpoint(tiny_model), tmp_path / "c.pt") != h1
+
+
+def test_damaged_or_missing_checkpoint_fails_clearly(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="damaged"):
+        load_checkpoint(damaged)
+    with pytest.raises(FileNotFoundError, match="imgsim train"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_save_leaves_no_temporary_files(tmp_path: Path, tiny_model: SiameseNetwork) -> None:
+    save_checkpoint(Checkpoint(tiny_model), tmp_path / "best.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.backbones import build_backbone
+from model.network import EmbeddingHead, ModelConfig, SiameseNetwork
+from model.presets import EvalPreset
+
+
+def test_embed_gives_unit_vectors_and_forward_embeds_pairs(tiny_model: SiameseNetwork) -> None:
+    x1, x2 = torch.randn(3, 3, 64, 64), torch.randn(3, 3, 64, 64)
+    e = tiny_model.embed(x1)
+    assert e.shape == (3, 16)
+    assert torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
+    a, b = tiny_model(x1, x2)
+    assert torch.allclose(a, e, atol=1e-6) and torch.allclose(b, tiny_model.embed(x2), atol=1e-6)
+
+
+def test_the_encoder_is_shared_so_an_image_embeds_alike_on_either_side(tiny_model: SiameseNetwork) -> None:
+    x = torch.randn(2, 3, 64, 64)
+    a, b = tiny_model(x, x.clone())
+    assert torch.equal(a, b)
+
+
+def test_residual_head_starts_as_the_pca_projection() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(200, 12) @ torch.randn(12, 12)
+    head = EmbeddingHead(12, 4, kind="residual", hidden_dim=8)
+    head.fit_pca(features)
+    centred = (features - features.mean(0)).numpy()
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    expected = centred @ vt[:4].T
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    got = head(features).detach().numpy()
+    # Principal directions are defined up to sign: compare each coordinate's absolute value.
+    assert np.allclose(np.abs(got), np.abs(expected), atol=1e-4)
+
+
+def test_bad_model_options_fail_clearly() -> None:
+    with pytest.raises(ValueError, match="Only residual, mlp, linear"):
+        ModelConfig(head="transformer")
+    with pytest.raises(ValueError, match="Only efficientnet-lite0"):
+        build_backbone("vgg99")
+
+
+def test_pretrained_efficientnet_weights_are_really_loaded() -> None:
+    """The ImageNet head of the shipped weights must recognise a real cat photo (scikit-image's chelsea)."""
+    skimage_data = pytest.importorskip("skimage.data")
+    backbone = build_backbone("efficientnet-lite0", pretrained=True).eval()
+    x = EvalPreset(224)(Image.fromarray(skimage_data.chelsea()))[None]
+    with torch.no_grad():
+        top5 = backbone.classify(backbone(x)).topk(5).indices[0].tolist()
+    cats = set(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+    assert cats & set(top5), top5
+    random = build_backbone("efficientnet-lite0", pretrained=False).eval()
+    with torch.no_grad():
+        assert not torch.allclose(random(x), backbone(x))
+
+
+def test_resnet_weights_fail_clearly_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision import models
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(models.ResNet18_Weights.IMAGENET1K_V1, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="--backbone efficientnet-lite0"):
+        build_backbone("resnet18", pretrained=True)
+    random = build_backbone("resnet18", pretrained=False)  # random init needs no download
+    assert random(torch.randn(1, 3, 64, 64)).shape == (1, 512)
