@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def read_list(mat_file: Path) -> list[str]:
     from scipy.io import loadmat
 
     table = loadmat(mat_file)
-    return [str(entry[0][0]) if entry.ndim else str(entry) for entry in table["file_list"].ravel()]
+    # A MATLAB cell column: each entry is a 1-element array holding the path string.
+    return [str(np.asarray(entry).ravel()[0]) for entry in table["file_list"].ravel()]
 
 
 def _link(src: Path, dst: Path) -> None:
