@@ -36,6 +36,9 @@ TINY_TRAIN_ARGS = [
     "finetune",
     "--max-steps",
     "2",
+    "--epochs",
+    "1",
+    "--no-progress",
     "--batch-size",
     "8",
     "--workers",
@@ -321,6 +324,7 @@ def test_damaged_checkpoint_is_retrained_not_reused(
     assert not any(p.name.startswith(".default") for p in opts.run_dir.parent.iterdir())
 
 
+@pytest.mark.slow
 def test_up_no_serve_command_end_to_end_with_real_training(
     tmp_path: Path,
     synthetic_gallery: Path,
