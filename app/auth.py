@@ -32,9 +32,7 @@ def _check(settings: Settings, key: str | None, scope: str) -> None:
         return
     challenge = {"WWW-Authenticate": f'APIKey header="{API_KEY_HEADER}"'}
     if not key:
-        raise ServiceError(
-            401, "missing_api_key", f"Send an API key in the {API_KEY_HEADER} header.", challenge
-        )
+        raise ServiceError(401, "missing_api_key", f"Send an API key in the {API_KEY_HEADER} header.", challenge)
     if _matches(key, settings.api_keys_write):
         return
     if _matches(key, settings.api_keys_read):

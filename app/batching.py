@@ -2,8 +2,8 @@
 
 Requests first ``admit`` their images against a bounded queue (the excess is refused at once, before any
 decoding), then ``submit`` the prepared inputs. One worker task gathers what is waiting, waits at most
-``max_wait_s`` for more while the batch is below ``max_batch``, and runs the forward pass on a single
-dedicated thread, so the event loop never blocks and the model never runs twice at the same time. While a
+``max_wait_s`` for more while the batch is below ``max_batch`` and other admitted requests are still on their
+way, and runs the forward pass on a single dedicated thread, so the event loop never blocks and the model never runs twice at the same time. While a
 pass runs, new requests queue up and form the next batch (Triton's dynamic batcher, in miniature).
 """
 
@@ -111,6 +111,8 @@ class DynamicBatcher(Generic[T]):
                 batch.append(job)
                 size += len(job.items)
                 continue
+            if self.depth <= size:
+                break  # nobody else is admitted (decoding or queued): waiting would only add latency
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0 or self._closing:
                 break

@@ -95,12 +95,8 @@ class Client:
         r = self.http.post("/v1/search", files=[_file("image", image)], data=_form(k, label))
         return _parse(SearchResponse, r)
 
-    def search_batch(
-        self, images: list[ImageInput], k: int = 5, label: str | None = None
-    ) -> BatchSearchResponse:
-        r = self.http.post(
-            "/v1/search/batch", files=[_file("images", i) for i in images], data=_form(k, label)
-        )
+    def search_batch(self, images: list[ImageInput], k: int = 5, label: str | None = None) -> BatchSearchResponse:
+        r = self.http.post("/v1/search/batch", files=[_file("images", i) for i in images], data=_form(k, label))
         return _parse(BatchSearchResponse, r)
 
     def similar(self, item_id: int, k: int = 5, label: str | None = None) -> SearchResponse:
@@ -157,13 +153,9 @@ class AsyncClient:
         r = await self.http.post("/v1/search", files=[_file("image", image)], data=_form(k, label))
         return _parse(SearchResponse, r)
 
-    async def search_batch(
-        self, images: list[ImageInput], k: int = 5, label: str | None = None
-    ) -> BatchSearchResponse:
+    async def search_batch(self, images: list[ImageInput], k: int = 5, label: str | None = None) -> BatchSearchResponse:
         files = [_file("images", i) for i in images]
-        return _parse(
-            BatchSearchResponse, await self.http.post("/v1/search/batch", files=files, data=_form(k, label))
-        )
+        return _parse(BatchSearchResponse, await self.http.post("/v1/search/batch", files=files, data=_form(k, label)))
 
     async def similar(self, item_id: int, k: int = 5, label: str | None = None) -> SearchResponse:
         r = await self.http.get(f"/v1/gallery/{item_id}/similar", params=_form(k, label))

@@ -44,9 +44,7 @@ def add_item(
         before = gi.count
         write_atomic(Path(gi.index_dir) / relative, encode_jpeg(stored))
         try:
-            [item_id] = gi.add(
-                vector.reshape(1, -1), [NewItem(relative, label, sha, stored.width, stored.height)]
-            )
+            [item_id] = gi.add(vector.reshape(1, -1), [NewItem(relative, label, sha, stored.width, stored.height)])
             created = gi.count > before
             version = gi.save() if created else gi.version
         except IndexConflictError as exc:
@@ -78,14 +76,10 @@ def render_image(service: Service, item_id: int, size: int | None) -> bytes:
     if path is None:
         raise not_found(item_id)
     if not Path(path).is_file():
-        raise ServiceError(
-            404, "image_not_found", f"The image file of item {item_id} is missing on the server."
-        )
+        raise ServiceError(404, "image_not_found", f"The image file of item {item_id} is missing on the server.")
     try:
         image = load_image(path, draft_size=size, max_pixels=service.settings.max_pixels)
     except ImageError as exc:
         log.warning("stored image of item %d is unreadable: %s", item_id, exc.detail)
-        raise ServiceError(
-            404, "image_not_found", f"The image file of item {item_id} is unreadable."
-        ) from exc
+        raise ServiceError(404, "image_not_found", f"The image file of item {item_id} is unreadable.") from exc
     return encode_jpeg(image, max_side=size or service.settings.media_max_side, quality=85)

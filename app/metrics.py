@@ -31,12 +31,8 @@ class Metrics:
         self.batch_size = Histogram(
             "imgsim_batch_size", "images per forward pass", buckets=BATCH_BUCKETS, registry=self.registry
         )
-        self.queue_depth = Gauge(
-            "imgsim_queue_depth", "images admitted and not yet embedded", registry=self.registry
-        )
-        self.gallery_size = Gauge(
-            "imgsim_gallery_items", "items in the gallery index", registry=self.registry
-        )
+        self.queue_depth = Gauge("imgsim_queue_depth", "images admitted and not yet embedded", registry=self.registry)
+        self.gallery_size = Gauge("imgsim_gallery_items", "items in the gallery index", registry=self.registry)
         self.rejected = Counter(
             "imgsim_rejected", "requests refused because the queue was full", registry=self.registry
         )

@@ -54,6 +54,7 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        access_log=settings.access_log,
         timeout_graceful_shutdown=30,
         proxy_headers=False,
         server_header=False,

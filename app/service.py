@@ -45,9 +45,7 @@ def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
     if (index_dir / "CURRENT").is_file():
         return GalleryIndex.open(index_dir, model_hash=ckpt.hash, dim=embedder.dim)
     log.info("no gallery at %s: creating an empty one", index_dir)
-    return GalleryIndex.create(
-        index_dir, model_hash=ckpt.hash, backbone=ckpt.config.backbone, dim=embedder.dim
-    )
+    return GalleryIndex.create(index_dir, model_hash=ckpt.hash, backbone=ckpt.config.backbone, dim=embedder.dim)
 
 
 @dataclass
@@ -69,7 +67,7 @@ class Service:
         s = self.settings
         self.batcher = DynamicBatcher(
             self._forward,
-            max_batch=s.batch_max_size,
+            max_batch=s.batch_max_size or (64 if self.device_type == "cuda" else 4),
             max_wait_s=s.batch_max_wait_ms / 1000,
             max_queue=s.queue_max,
             enabled=s.batching,
@@ -77,6 +75,10 @@ class Service:
         )
         self.metrics.bind(lambda: self.batcher.depth, lambda: self.index.count)
         self._tensor_path = hasattr(self.embedder, "embed_tensors") and hasattr(self.embedder, "preset")
+
+    @property
+    def device_type(self) -> str:
+        return str(getattr(getattr(self.embedder, "device", None), "type", "cpu"))
 
     @property
     def model_info(self) -> ModelInfo:
@@ -127,9 +129,7 @@ class Service:
         except BatcherClosedError as exc:
             raise ServiceError(503, "draining", str(exc), {"Retry-After": "1"}) from exc
         if not np.isfinite(vectors).all():
-            raise ServiceError(
-                422, "invalid_embedding", "The model produced a non-finite embedding for this image."
-            )
+            raise ServiceError(422, "invalid_embedding", "The model produced a non-finite embedding for this image.")
         return vectors
 
     # -- search ---------------------------------------------------------------------------------------------

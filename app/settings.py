@@ -15,16 +15,13 @@ MiB = 1024 * 1024
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGSIM_", env_file=".env", extra="ignore")
 
-    checkpoint: Path = Field(default=Path("models/best.pt"), description="trained checkpoint (.pt)")
-    index: Path = Field(
-        default=Path("index"), description="gallery index directory; created empty when missing"
-    )
+    checkpoint: Path = Field(default=Path("models/default/best.pt"), description="trained checkpoint (.pt)")
+    index: Path = Field(default=Path("indexes/default"), description="gallery index directory; created empty when missing")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
-    engine: str = Field(
-        default="auto", description="embedding engine, passed on when the embedder supports it"
-    )
+    engine: str = Field(default="auto", description="embedding engine, passed on when the embedder supports it")
     host: str = "127.0.0.1"
     port: int = 8000
+    access_log: bool = True
 
     # Bad input (RELIABILITY.md): caps enforced before and after reading.
     max_upload_bytes: int = Field(default=10 * MiB, gt=0, description="per image")
@@ -34,23 +31,21 @@ class Settings(BaseSettings):
 
     # Dynamic batching and the bounded queue.
     batching: bool = True
-    batch_max_size: int = Field(default=32, ge=1)
-    batch_max_wait_ms: float = Field(default=3.0, ge=0)
-    queue_max: int = Field(
-        default=128, ge=1, description="images waiting or being embedded; the excess gets 503"
+    batch_max_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="images per forward pass; default 4 on CPU (bigger is no faster there), 64 on CUDA",
     )
+    batch_max_wait_ms: float = Field(default=3.0, ge=0)
+    queue_max: int = Field(default=128, ge=1, description="images waiting or being embedded; the excess gets 503")
     retry_after_s: int = Field(default=1, ge=0)
 
     # Optional API keys (header X-API-Key, comma-separated lists); write keys also read. None: the API is open.
     api_keys_read: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_write: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    media_max_side: int = Field(
-        default=1024, ge=64, description="stored re-encoded uploads are at most this big"
-    )
-    drain_seconds: float = Field(
-        default=1.0, ge=0, description="after SIGTERM, readiness is 503 this long before exit"
-    )
+    media_max_side: int = Field(default=1024, ge=64, description="stored re-encoded uploads are at most this big")
+    drain_seconds: float = Field(default=1.0, ge=0, description="after SIGTERM, readiness is 503 this long before exit")
 
     @field_validator("api_keys_read", "api_keys_write", mode="before")
     @classmethod

@@ -28,9 +28,7 @@ async def compare(
     embeddings; ``same`` is true when it is below the checkpoint's calibrated threshold."""
     if len(images) != 2:
         raise ServiceError(422, "wrong_image_count", f"Send exactly two images; got {len(images)}.")
-    uploads = [
-        await read_upload(f, f"images[{i}]", service.settings.max_upload_bytes) for i, f in enumerate(images)
-    ]
+    uploads = [await read_upload(f, f"images[{i}]", service.settings.max_upload_bytes) for i, f in enumerate(images)]
     a, b = (await service.embed(uploads)).astype(np.float64)
     distance = float(np.linalg.norm(a - b))
     cosine = float(np.clip(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12), -1.0, 1.0))

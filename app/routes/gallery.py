@@ -97,9 +97,7 @@ async def add(
     upload = await read_upload(image, "image", service.settings.max_upload_bytes)
     decoded = await to_thread.run_sync(service.decode, upload, service.settings.media_max_side)
     vector = await service.embed([], images=[decoded])
-    record, created, version = await to_thread.run_sync(
-        add_item, service, upload.data, decoded, label, vector[0]
-    )
+    record, created, version = await to_thread.run_sync(add_item, service, upload.data, decoded, label, vector[0])
     body = AddItemResponse(**to_item(record).model_dump(), created=created, index_version=version)
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
 

@@ -27,9 +27,7 @@ async def readyz(runtime: RuntimeDep) -> Ready:
     if runtime.draining:
         raise ServiceError(503, "draining", "The service is shutting down.", {"Retry-After": "1"})
     if runtime.service is None:
-        code, detail = (
-            ("load_failed", runtime.load_error) if runtime.load_error else ("not_ready", "Loading.")
-        )
+        code, detail = ("load_failed", runtime.load_error) if runtime.load_error else ("not_ready", "Loading.")
         raise ServiceError(503, code, detail, {"Retry-After": "5"})
     return Ready(status="ready")
 

@@ -36,9 +36,7 @@ async def search(
     upload = await read_upload(image, "image", service.settings.max_upload_bytes)
     vectors = await service.embed([upload])
     hits = await service.search(vectors, k, label or None)
-    return SearchResponse(
-        results=service.hits(hits[0]), took_ms=elapsed_ms(start), index_version=service.index.version
-    )
+    return SearchResponse(results=service.hits(hits[0]), took_ms=elapsed_ms(start), index_version=service.index.version)
 
 
 @router.post(
@@ -57,9 +55,7 @@ async def search_batch(
     limit = service.settings.max_batch_images
     if len(images) > limit:
         raise ServiceError(422, "too_many_images", f"Send at most {limit} images; got {len(images)}.")
-    uploads = [
-        await read_upload(f, f"images[{i}]", service.settings.max_upload_bytes) for i, f in enumerate(images)
-    ]
+    uploads = [await read_upload(f, f"images[{i}]", service.settings.max_upload_bytes) for i, f in enumerate(images)]
     vectors = await service.embed(uploads)
     hits = await service.search(vectors, k, label or None)
     return BatchSearchResponse(
@@ -87,6 +83,4 @@ async def similar(
         raise not_found(item_id)
     hits = await service.search(vector.reshape(1, -1), k + 1, label or None)
     others = [h for h in hits[0] if h.id != item_id][:k]  # the item itself is not a result
-    return SearchResponse(
-        results=service.hits(others), took_ms=elapsed_ms(start), index_version=service.index.version
-    )
+    return SearchResponse(results=service.hits(others), took_ms=elapsed_ms(start), index_version=service.index.version)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import socket
 import threading
-import io
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +36,7 @@ def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
 def embedder(tiny_checkpoint: Path) -> Embedder:
     # The reference PyTorch path: what the service runs with IMGSIM_ENGINE=torch (the tests' setting).
     if "engine" in inspect.signature(Embedder).parameters:
-        return Embedder(tiny_checkpoint, device="cpu", engine="torch")  # type: ignore[call-arg]
+        return Embedder(tiny_checkpoint, device="cpu", engine="torch")
     return Embedder(tiny_checkpoint, device="cpu")
 
 

@@ -68,9 +68,8 @@ def test_queue_is_bounded_and_errors_reach_every_waiter() -> None:
     async def scenario() -> None:
         batcher = DynamicBatcher(broken, max_batch=4, max_wait_s=0.005, max_queue=3)
         batcher.start()
-        with batcher.admit(2), pytest.raises(QueueFullError):
-            with batcher.admit(2):
-                pass
+        with batcher.admit(2), pytest.raises(QueueFullError), batcher.admit(2):
+            pass
         assert batcher.depth == 0
         results = await asyncio.gather(batcher.submit([1.0]), batcher.submit([2.0]), return_exceptions=True)
         assert [str(r) for r in results] == ["boom", "boom"]

@@ -59,9 +59,7 @@ def test_compare_matches_in_process_embeddings(
     assert same["dissimilarity"] < 1e-4 and same["same"] is True and abs(same["similarity"] - 1) < 1e-4
 
 
-def test_search_matches_brute_force(
-    client: TestClient, embedder: Embedder, gallery_files: list[Path]
-) -> None:
+def test_search_matches_brute_force(client: TestClient, embedder: Embedder, gallery_files: list[Path]) -> None:
     query = png_bytes(draw_shape("blue_triangles", np.random.default_rng(7)))
     r = client.post("/v1/search", files={"image": ("q.png", query)}, data={"k": "7"})
     assert r.status_code == 200, r.text
@@ -85,12 +83,9 @@ def test_search_label_filter_and_batch(client: TestClient) -> None:
     assert labels == ["yellow_bars"] * 12  # only 12 of that label exist
     other = png_bytes(draw_shape("green_squares", np.random.default_rng(4)))
     single = [
-        client.post("/v1/search", files={"image": ("q", q)}, data={"k": "3"}).json()["results"]
-        for q in (query, other)
+        client.post("/v1/search", files={"image": ("q", q)}, data={"k": "3"}).json()["results"] for q in (query, other)
     ]
-    batch = client.post(
-        "/v1/search/batch", files=[("images", ("a", query)), ("images", ("b", other))], data={"k": "3"}
-    )
+    batch = client.post("/v1/search/batch", files=[("images", ("a", query)), ("images", ("b", other))], data={"k": "3"})
     assert batch.status_code == 200, batch.text
     got = batch.json()["queries"]
     assert [[h["id"] for h in q] for q in got] == [[h["id"] for h in q] for q in single]
@@ -125,9 +120,7 @@ def test_gallery_list_get_image(client: TestClient) -> None:
 def test_add_search_delete(client: TestClient, index_dir: Path) -> None:
     photo = draw_shape("green_squares", np.random.default_rng(99), size=300)
     upload = png_bytes(photo)
-    r = client.post(
-        "/v1/gallery", files={"image": ("../../etc/passwd", upload)}, data={"label": " new_label "}
-    )
+    r = client.post("/v1/gallery", files={"image": ("../../etc/passwd", upload)}, data={"label": " new_label "})
     assert r.status_code == 201, r.text
     item = r.json()
     assert item["created"] is True and item["label"] == "new_label" and item["index_version"] >= 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from pathlib import Path
@@ -51,8 +50,16 @@ def test_bad_images(client: TestClient, name: str) -> None:
     r = client.post("/v1/search", files={"image": ("dog.jpg", data, "image/jpeg")})
     assert r.status_code == status, r.text
     assert r.json() == {"code": err.code, "detail": f"image: {err.detail}"}
-    assert err.code == {"empty": "empty_image", "text": "unsupported_format", "svg": "unsupported_format",
-                        "bomb": "image_too_large", "truncated": "corrupt_image"}[name]
+    assert (
+        err.code
+        == {
+            "empty": "empty_image",
+            "text": "unsupported_format",
+            "svg": "unsupported_format",
+            "bomb": "image_too_large",
+            "truncated": "corrupt_image",
+        }[name]
+    )
     r = client.post("/v1/compare", files=[("images", ("a", GOOD)), ("images", ("b", data))])
     assert r.status_code == status and r.json() == {"code": err.code, "detail": f"images[1]: {err.detail}"}
 
@@ -65,22 +72,34 @@ def test_odd_but_valid_images(client: TestClient) -> None:
 
 def test_request_shape_errors(client: TestClient) -> None:
     def post(url: str, **kw: object) -> tuple[int, dict[str, str]]:
-        r = client.post(url, **kw)  # type: ignore[arg-type]
+        r = client.post(url, **kw)
         return r.status_code, r.json()
 
     assert post("/v1/compare", files=[("images", ("a", GOOD))]) == (
-        422, {"code": "wrong_image_count", "detail": "Send exactly two images; got 1."})
+        422,
+        {"code": "wrong_image_count", "detail": "Send exactly two images; got 1."},
+    )
     assert post("/v1/compare", files=[("images", ("a", GOOD))] * 3) == (
-        422, {"code": "wrong_image_count", "detail": "Send exactly two images; got 3."})
+        422,
+        {"code": "wrong_image_count", "detail": "Send exactly two images; got 3."},
+    )
     assert post("/v1/search", data={"k": "3"}) == (422, {"code": "invalid_request", "detail": "image: Field required"})
     assert post("/v1/search", files={"image": ("a", GOOD)}, data={"k": "0"}) == (
-        422, {"code": "invalid_request", "detail": "k: Input should be greater than or equal to 1"})
+        422,
+        {"code": "invalid_request", "detail": "k: Input should be greater than or equal to 1"},
+    )
     assert post("/v1/search", files={"image": ("a", GOOD)}, data={"k": "101"}) == (
-        422, {"code": "invalid_request", "detail": "k: Input should be less than or equal to 100"})
+        422,
+        {"code": "invalid_request", "detail": "k: Input should be less than or equal to 100"},
+    )
     assert post("/v1/search/batch", files=[("images", ("a", GOOD))] * 17) == (
-        422, {"code": "too_many_images", "detail": "Send at most 16 images; got 17."})
+        422,
+        {"code": "too_many_images", "detail": "Send at most 16 images; got 17."},
+    )
     assert post("/v1/gallery", files={"image": ("a", GOOD)}, data={"label": "   "}) == (
-        422, {"code": "invalid_label", "detail": "The label must be non-empty printable text."})
+        422,
+        {"code": "invalid_label", "detail": "The label must be non-empty printable text."},
+    )
     r = client.post("/v1/search", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"})
     assert r.status_code == 400 and r.json()["code"] == "bad_request"
     assert client.get("/nope").json() == {"code": "not_found", "detail": "Not Found"}
@@ -92,8 +111,12 @@ def test_request_shape_errors(client: TestClient) -> None:
 
 def test_missing_items(client: TestClient) -> None:
     body = {"code": "item_not_found", "detail": "No gallery item with id 999999."}
-    for method, url in (("GET", "/v1/gallery/999999"), ("GET", "/v1/gallery/999999/image"),
-                        ("GET", "/v1/gallery/999999/similar"), ("DELETE", "/v1/gallery/999999")):
+    for method, url in (
+        ("GET", "/v1/gallery/999999"),
+        ("GET", "/v1/gallery/999999/image"),
+        ("GET", "/v1/gallery/999999/similar"),
+        ("DELETE", "/v1/gallery/999999"),
+    ):
         r = client.request(method, url)
         assert (r.status_code, r.json()) == (404, body), url
 
@@ -103,37 +126,49 @@ def test_stored_image_missing_on_disk(client: TestClient, synthetic_gallery: Pat
     service = client.app.state.runtime.service  # type: ignore[attr-defined]
     (synthetic_gallery / service.index.get(item["id"]).path).unlink()
     r = client.get(item["image_url"])
-    assert (r.status_code, r.json()) == (404, {"code": "image_not_found",
-                                               "detail": f"The image file of item {item['id']} is missing on the server."})
+    assert (r.status_code, r.json()) == (
+        404,
+        {"code": "image_not_found", "detail": f"The image file of item {item['id']} is missing on the server."},
+    )
 
 
 def test_size_caps(settings: Settings) -> None:
     capped = settings.model_copy(update={"max_upload_bytes": 1000, "max_body_bytes": 50_000})
     with running(capped) as client:
         r = client.post("/v1/search", files={"image": ("a", b"\xff" * 2000)})
-        assert (r.status_code, r.json()) == (413, {"code": "payload_too_large",
-                                                   "detail": "The upload is larger than the 1,000-byte cap."})
+        assert (r.status_code, r.json()) == (
+            413,
+            {"code": "payload_too_large", "detail": "The upload is larger than the 1,000-byte cap."},
+        )
         r = client.post("/v1/search", files={"image": ("a", b"\xff" * 60_000)})
-        assert (r.status_code, r.json()) == (413, {"code": "payload_too_large",
-                                                   "detail": "The request body is larger than the 50,000-byte cap."})
+        assert (r.status_code, r.json()) == (
+            413,
+            {"code": "payload_too_large", "detail": "The request body is larger than the 50,000-byte cap."},
+        )
 
         def chunks() -> object:
-            yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a\"\r\n\r\n"
+            yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n\r\n'
             for _ in range(10):
                 yield b"\xff" * 10_000
 
-        r = client.post("/v1/search", content=chunks(),  # type: ignore[arg-type]
-                        headers={"content-type": "multipart/form-data; boundary=b"})
+        r = client.post(
+            "/v1/search",
+            content=chunks(),
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
         assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
 
 
 def test_nan_embedding_is_422(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     service = client.app.state.runtime.service  # type: ignore[attr-defined]
-    monkeypatch.setattr(service.embedder, "embed_tensors",
-                        lambda batch: np.full((len(batch), 16), np.nan, dtype=np.float32))
+    monkeypatch.setattr(
+        service.embedder, "embed_tensors", lambda batch: np.full((len(batch), 16), np.nan, dtype=np.float32)
+    )
     r = client.post("/v1/search", files={"image": ("a", GOOD)})
-    assert (r.status_code, r.json()) == (422, {"code": "invalid_embedding",
-                                               "detail": "The model produced a non-finite embedding for this image."})
+    assert (r.status_code, r.json()) == (
+        422,
+        {"code": "invalid_embedding", "detail": "The model produced a non-finite embedding for this image."},
+    )
 
 
 def test_full_queue_is_refused_at_once(client: TestClient) -> None:
@@ -141,8 +176,10 @@ def test_full_queue_is_refused_at_once(client: TestClient) -> None:
     with service.batcher.admit(service.settings.queue_max):
         r = client.post("/v1/search", files={"image": ("a", GOOD)})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        assert r.json() == {"code": "overloaded",
-                            "detail": "Too busy: 128 images are queued; the queue holds 128. Retry shortly."}
+        assert r.json() == {
+            "code": "overloaded",
+            "detail": "Too busy: 128 images are queued; the queue holds 128. Retry shortly.",
+        }
         assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
         assert client.get("/metrics").status_code == 200
     assert client.post("/v1/search", files={"image": ("a", GOOD)}).status_code == 200

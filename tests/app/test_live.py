@@ -61,8 +61,20 @@ def test_sigterm_drains_then_exits(settings: Settings, tmp_path: Path) -> None:
     """``imgsim serve`` in its own process: SIGTERM turns readiness 503 at once, then the process shuts down cleanly."""
     port = free_port()
     env = {**os.environ, "IMGSIM_ENGINE": "torch", "IMGSIM_DRAIN_SECONDS": "1.5"}
-    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--device", "cpu",
-           "--checkpoint", str(settings.checkpoint), "--index", str(settings.index)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--checkpoint",
+        str(settings.checkpoint),
+        "--index",
+        str(settings.index),
+    ]
     cwd = tmp_path / "cwd"  # not tmp_path: its index/ folder would shadow the index package under ``-m``
     cwd.mkdir()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
