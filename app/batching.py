@@ -1,10 +1,11 @@
 """Dynamic batching: concurrent requests' images go through the model in one forward pass.
 
 Requests first ``admit`` their images against a bounded queue (the excess is refused at once, before any
-decoding), then ``submit`` the prepared inputs. One worker task gathers what is waiting, waits at most
-``max_wait_s`` for more while the batch is below ``max_batch`` and other admitted requests are still on their
-way, and runs the forward pass on a single dedicated thread, so the event loop never blocks and the model never runs twice at the same time. While a
-pass runs, new requests queue up and form the next batch (Triton's dynamic batcher, in miniature).
+decoding), then ``submit`` the prepared inputs. One worker task gathers what is waiting; while the batch is
+below ``max_batch`` and other admitted requests are still on their way, it waits at most ``max_wait_s`` for
+them. The forward pass runs on a single dedicated thread, so the event loop never blocks and the model never
+runs twice at once. While a pass runs, new requests queue up and form the next batch (Triton's dynamic
+batcher, in miniature).
 """
 
 from __future__ import annotations
