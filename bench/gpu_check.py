@@ -205,15 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     device = "cpu" if args.cpu_smoke else "cuda"
     if not args.data.is_dir():
-        print(
-            f"gpu_check: no photos at {args.data}; pass --data DIR (one folder per class).", file=sys.stderr
-        )
+        print(f"gpu_check: no photos at {args.data}; pass --data DIR (one folder per class).", file=sys.stderr)
         return 2
     files = gallery_files(args.data)
     rng = np.random.default_rng(0)
-    sample = [
-        files[i] for i in sorted(rng.choice(len(files), size=min(args.sample, len(files)), replace=False))
-    ]
+    sample = [files[i] for i in sorted(rng.choice(len(files), size=min(args.sample, len(files)), replace=False))]
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.out / "run"
 

@@ -150,9 +150,7 @@ def build_gallery_index(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if (out_dir / "CURRENT").exists():
-        raise ValueError(
-            f"{out_dir} already holds an index. Use `imgsim index update`, or choose another --out."
-        )
+        raise ValueError(f"{out_dir} already holds an index. Use `imgsim index update`, or choose another --out.")
     gallery = scan_gallery(gallery_dir)
     root = gallery.root.resolve()
     embedder = make_embedder(checkpoint, device)
@@ -181,9 +179,7 @@ def build_gallery_index(
     )
     gi.add(vectors, items)
     version = gi.save()
-    report = BuildReport(
-        out_dir, gi.count, gi.factory, time.perf_counter() - start, version, duplicates, skipped
-    )
+    report = BuildReport(out_dir, gi.count, gi.factory, time.perf_counter() - start, version, duplicates, skipped)
     log.info("%s", report.summary())
     return report
 
@@ -200,7 +196,7 @@ def update_gallery_index(
 ) -> UpdateReport:
     """Embed files new or changed since the last snapshot (by sha256), drop those that disappeared.
 
-    Uploads kept under ``media/`` are not part of the gallery and are left alone."""
+    Uploads kept under ``media/`` and files added from outside the gallery are left alone."""
     start = time.perf_counter()
     embedder = make_embedder(checkpoint, device)
     gi = GalleryIndex.open(index_dir, model_hash=embedder.checkpoint.hash, dim=embedder.dim)
@@ -209,7 +205,9 @@ def update_gallery_index(
     if gi.gallery_root is not None and gi.gallery_root != root:
         log.warning("gallery root moves from %s to %s", gi.gallery_root, root)
     gi.gallery_root = root
-    indexed = {r.path: r for r in gi.all_records() if not r.path.startswith("media/")}
+    indexed = {  # gallery files only: uploads (media/) and files added from elsewhere (absolute) stay
+        r.path: r for r in gi.all_records() if not r.path.startswith("media/") and not Path(r.path).is_absolute()
+    }
     current: dict[str, tuple[str, str]] = {}
     for item in tqdm(gallery.items, desc="hashing", unit="file", disable=not progress):
         try:
@@ -220,11 +218,7 @@ def update_gallery_index(
     unchanged = len(indexed) - len(stale)
     removed = gi.remove(stale)
     dropped = set(removed)
-    fresh = [
-        (root / p, p, label)
-        for p, (_, label) in current.items()
-        if p not in indexed or indexed[p].id in dropped
-    ]
+    fresh = [(root / p, p, label) for p, (_, label) in current.items() if p not in indexed or indexed[p].id in dropped]
     vectors, items, skipped, duplicates = embed_new(
         embedder, gi, fresh, batch_size=batch_size, num_workers=num_workers, progress=progress
     )
@@ -252,9 +246,7 @@ def collect_files(paths: Sequence[str | Path], label: str | None) -> list[tuple[
         path = Path(raw).resolve()
         if path.is_file():
             if label is None:
-                raise ValueError(
-                    f"{raw} is a file: give its --label (a folder without --label is per-class)."
-                )
+                raise ValueError(f"{raw} is a file: give its --label (a folder without --label is per-class).")
             out.append((path, label))
         elif path.is_dir():
             if label is None:
@@ -293,6 +285,4 @@ def add_files(
     )
     ids = gi.add(vectors, items) if items else []
     version = gi.save() if gi.dirty else gi.version
-    return UpdateReport(
-        Path(index_dir), len(ids), 0, 0, time.perf_counter() - start, version, duplicates, skipped, ids
-    )
+    return UpdateReport(Path(index_dir), len(ids), 0, 0, time.perf_counter() - start, version, duplicates, skipped, ids)

@@ -153,10 +153,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     hits = gi.search(result.embeddings, args.k, label=args.label)[0]
     print(f"{'rank':>4}  {'id':>7}  {'distance':>8}  {'cosine':>7}  {'label':<20}  path")
     for rank, hit in enumerate(hits, 1):
-        print(
-            f"{rank:>4}  {hit.id:>7}  {hit.distance:>8.4f}  {hit.similarity:>7.4f}  "
-            f"{hit.label:<20}  {hit.path}"
-        )
+        print(f"{rank:>4}  {hit.id:>7}  {hit.distance:>8.4f}  {hit.similarity:>7.4f}  {hit.label:<20}  {hit.path}")
     if args.montage:
         from index.montage import save_montage
 

@@ -90,7 +90,9 @@ def make_index(factory: str, dim: int) -> tuple[faiss.Index, str]:
             # A hash table from id to list position: reconstruct(id) and remove_ids with arbitrary ids.
             idx.set_direct_map_type(_faiss.DirectMap.Hashtable)
         if isinstance(idx, faiss.IndexIVFPQ | faiss.IndexPQ):
-            cast(Any, idx).do_polysemous_training = False  # only serves Hamming pre-filtering, which we do not use; slow
+            cast(
+                Any, idx
+            ).do_polysemous_training = False  # only serves Hamming pre-filtering, which we do not use; slow
     apply_search_params(index, default_search_params(index))
     return index, factory
 

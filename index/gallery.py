@@ -53,9 +53,7 @@ class State:
     def label_ids(self, label: str) -> np.ndarray:
         key = ("label", label)
         if key not in self.cache:
-            self.cache[key] = np.array(
-                [i for i, r in self.records.items() if r.label == label], dtype=np.int64
-            )
+            self.cache[key] = np.array([i for i, r in self.records.items() if r.label == label], dtype=np.int64)
         ids: np.ndarray = self.cache[key]
         return ids
 
@@ -87,9 +85,7 @@ class GalleryIndex:
         """An empty index in ``index_dir`` (which must not hold one yet), saved as snapshot 1."""
         index_dir = Path(index_dir)
         if (index_dir / "CURRENT").exists():
-            raise ValueError(
-                f"{index_dir} already holds an index. Open it, or remove it / choose another folder."
-            )
+            raise ValueError(f"{index_dir} already holds an index. Open it, or remove it / choose another folder.")
         index, used = fx.make_index(factory or fx.DEFAULT_FACTORY, dim)
         manifest = Manifest(
             version=0,
@@ -107,9 +103,7 @@ class GalleryIndex:
         return gi
 
     @classmethod
-    def open(
-        cls, index_dir: str | Path, *, model_hash: str | None = None, dim: int | None = None
-    ) -> GalleryIndex:
+    def open(cls, index_dir: str | Path, *, model_hash: str | None = None, dim: int | None = None) -> GalleryIndex:
         """Load the ``CURRENT`` snapshot, verifying the model, the dimension and every file's checksum."""
         index_dir = Path(index_dir)
         if not (index_dir / "CURRENT").is_file():
@@ -120,9 +114,7 @@ class GalleryIndex:
             assert version is not None
             snap = snapshots_dir(index_dir) / snapshot_name(version)
             manifest = read_manifest(snap)
-            rebuild = (
-                f"Rebuild it with `imgsim index build --checkpoint <your checkpoint> --out {index_dir}`."
-            )
+            rebuild = f"Rebuild it with `imgsim index build --checkpoint <your checkpoint> --out {index_dir}`."
             if model_hash is not None and manifest.model_hash != model_hash:
                 raise IndexMismatchError(
                     f"Index {index_dir} was built by model {manifest.model_hash[:12]}, not by this "
@@ -218,9 +210,7 @@ class GalleryIndex:
     def get(self, id: int) -> ItemRecord | None:
         return self._state.records.get(int(id))
 
-    def items(
-        self, offset: int = 0, limit: int = 50, label: str | None = None
-    ) -> tuple[list[ItemRecord], int]:
+    def items(self, offset: int = 0, limit: int = 50, label: str | None = None) -> tuple[list[ItemRecord], int]:
         if offset < 0 or limit < 0:
             raise ValueError("offset and limit must be >= 0.")
         state = self._state

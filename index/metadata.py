@@ -48,6 +48,4 @@ def read_metadata(path: Path) -> dict[int, ItemRecord]:
         raise IndexCorruptError(
             f"Metadata {path} is damaged ({exc}). Rebuild the index with `imgsim index build`."
         ) from exc
-    return {
-        int(r[0]): ItemRecord(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), float(r[6])) for r in rows
-    }
+    return {int(r[0]): ItemRecord(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), float(r[6])) for r in rows}

@@ -28,9 +28,7 @@ def _tile(path: Path | None) -> Image.Image:
 def save_montage(query: Path, hits: Sequence[Hit], paths: Sequence[Path | None], out: str | Path) -> Path:
     """Query first, then each hit, left to right; writes ``out`` (format from its suffix)."""
     tiles = [(_tile(query), "Query")]
-    tiles += [
-        (_tile(p), f"Dissimilarity: {h.distance:.2f}\n{h.label}") for h, p in zip(hits, paths, strict=True)
-    ]
+    tiles += [(_tile(p), f"Dissimilarity: {h.distance:.2f}\n{h.label}") for h, p in zip(hits, paths, strict=True)]
     sheet = Image.new("RGB", (len(tiles) * (TILE + PAD) + PAD, TILE + CAPTION + 2 * PAD), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i, (tile, caption) in enumerate(tiles):

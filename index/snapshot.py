@@ -105,9 +105,7 @@ def read_current(index_dir: Path) -> int | None:
         return None
     match = _SNAP.match(path.read_text().strip())
     if not match:
-        raise IndexCorruptError(
-            f"{path} does not name a snapshot. Rebuild the index with `imgsim index build`."
-        )
+        raise IndexCorruptError(f"{path} does not name a snapshot. Rebuild the index with `imgsim index build`.")
     return int(match.group(1))
 
 

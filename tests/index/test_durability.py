@@ -84,9 +84,7 @@ def test_kill_9_mid_save_keeps_previous_snapshot(tmp_path: Path, where: str) -> 
 
 def test_mismatched_model_or_dimension_refused(tmp_path: Path) -> None:
     gi = _saved_index(tmp_path)
-    with pytest.raises(
-        IndexMismatchError, match="not by this checkpoint.*Rebuild it with `imgsim index build"
-    ):
+    with pytest.raises(IndexMismatchError, match=r"not by this checkpoint.*Rebuild it with `imgsim index build"):
         GalleryIndex.open(gi.index_dir, model_hash="b" * 64)
     with pytest.raises(IndexMismatchError, match="16-d vectors; this model makes 32-d"):
         GalleryIndex.open(gi.index_dir, dim=32)
@@ -114,7 +112,7 @@ def test_unreadable_index_with_matching_checksum_refused(tmp_path: Path) -> None
     manifest = json.loads((snap / "manifest.json").read_text())
     manifest["checksums"]["index.faiss"] = __import__("hashlib").sha256(b"not a faiss index").hexdigest()
     (snap / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexCorruptError, match="cannot be read by FAISS. Rebuild"):
+    with pytest.raises(IndexCorruptError, match=r"cannot be read by FAISS\. Rebuild"):
         GalleryIndex.open(gi.index_dir)
 
 

@@ -21,9 +21,7 @@ def test_search_matches_brute_force_with_distances(make_index) -> None:  # type:
     cos = float(queries[0] @ x[hits[0][0].id])
     assert hits[0][0].similarity == pytest.approx(cos, abs=1e-5)
     assert hits[0][0].distance == pytest.approx(np.linalg.norm(queries[0] - x[hits[0][0].id]), abs=1e-4)
-    assert hits[0][0].label == f"cls{hits[0][0].id % 3}" and hits[0][0].path.endswith(
-        f"img{hits[0][0].id}.png"
-    )
+    assert hits[0][0].label == f"cls{hits[0][0].id % 3}" and hits[0][0].path.endswith(f"img{hits[0][0].id}.png")
 
 
 def test_k_larger_than_count_drops_padding(make_index) -> None:  # type: ignore[no-untyped-def]
@@ -76,7 +74,7 @@ def test_add_remove_round_trip_keeps_ids_and_metadata(make_index, tmp_path: Path
 
 
 def test_same_content_is_not_added_twice(make_index) -> None:  # type: ignore[no-untyped-def]
-    gi, x = make_index(10)
+    gi, _ = make_index(10)
     dup = new_items(2, start=3)  # contents of ids 3 and 4
     fresh = NewItem("new.png", "cls0", "f" * 64, 1, 1)
     ids = gi.add(clustered(4, 16, seed=5), [dup[0], fresh, dup[1], fresh])
