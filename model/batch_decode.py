@@ -99,9 +99,8 @@ def iter_batches(
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque[list[Future[DecodedBatch]]] = deque()
-        todo = iter(starts)
         try:
-            for s in todo:
+            for s in starts:
                 pending.append(submit(pool, s))
                 if len(pending) > prefetch:
                     yield _merge(pending.popleft(), pin)

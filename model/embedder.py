@@ -106,8 +106,16 @@ class Embedder:
             from model.gpu_decode import decode_batch_cuda
 
             decode = partial(decode_batch_cuda, device=self.device)
+        # nvJPEG wants whole batches per call; on the CPU, chunks of 8 let every thread work on one batch.
         batches = iter_batches(
-            files, self.preset, batch_size, workers, pin=self.device.type == "cuda", decode=decode
+            files,
+            self.preset,
+            batch_size,
+            workers,
+            prefetch=max(2, workers),
+            pin=self.device.type == "cuda",
+            chunk=batch_size if decode is not None else 8,
+            decode=decode,
         )
         chunks, ok, failures = [], [], {}
         with tqdm(total=len(files), desc="embedding", unit="img", disable=not progress) as bar:
