@@ -96,9 +96,7 @@ def test_dockerfile_is_multistage_cuda_non_root_with_volumes() -> None:
 def test_dependencies_are_installed_before_the_code_is_copied() -> None:
     build = stages(DOCKERFILE.read_text())[0]
     order = [(k, v) for k, v in build if k in ("COPY", "RUN")]
-    first_code = next(
-        i for i, (k, v) in enumerate(order) if k == "COPY" and v.split()[0] in ("app", "model", "index")
-    )
+    first_code = next(i for i, (k, v) in enumerate(order) if k == "COPY" and v.split()[0] in ("app", "model", "index"))
     deps = next(i for i, (k, v) in enumerate(order) if k == "RUN" and "requirements" in v)
     torch = next(i for i, (k, v) in enumerate(order) if k == "RUN" and "torch==" in v)
     assert torch < deps < first_code
@@ -275,10 +273,27 @@ def test_compose_validates_and_rejects_a_broken_copy(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     broken = tmp_path / "docker-compose.yml"
-    broken.write_text(
-        COMPOSE.read_text().replace("    restart: unless-stopped", "    restart_policy: sometimes", 1)
-    )
-    bad = subprocess.run(
-        [*tool, "-f", str(broken), "config", "-q"], capture_output=True, text=True, timeout=60
-    )
+    broken.write_text(COMPOSE.read_text().replace("    restart: unless-stopped", "    restart_policy: sometimes", 1))
+    bad = subprocess.run([*tool, "-f", str(broken), "config", "-q"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
+
+
+def docs_commands() -> list[list[str]]:
+    """Every `imgsim ...` typed at a `$ ` prompt in docs/deploy.md (continuation lines joined)."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "docs" / "deploy.md").read_text())
+    commands = []
+    for line in text.splitlines():
+        if not line.startswith("$ "):
+            continue
+        match = re.search(r"(?:^|[\s/])(imgsim [^#\n]+)", line)
+        if match:
+            commands.append(shlex.split(match.group(1)))
+    return commands
+
+
+def test_every_command_in_the_deploy_guide_is_a_real_imgsim_command() -> None:
+    commands = docs_commands()
+    subcommands = {c[1] for c in commands}
+    assert {"up", "data", "train", "index", "serve"} <= subcommands
+    for command in commands:
+        parses_as_imgsim(command)
