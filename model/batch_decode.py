@@ -62,10 +62,7 @@ def decode_batch(paths: Sequence[Path], start: int, preset: EvalPreset) -> Decod
             ok.append(start + k)
         except (ImageError, OSError) as exc:
             failures[start + k] = f"{type(exc).__name__}: {exc}"
-    if crops:
-        images = normalise(torch.stack(crops))
-    else:
-        images = torch.zeros(0, 3, preset.image_size, preset.image_size)
+    images = normalise(torch.stack(crops)) if crops else torch.zeros(0, 3, preset.image_size, preset.image_size)
     return DecodedBatch(start, images, ok, failures)
 
 
