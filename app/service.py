@@ -67,7 +67,7 @@ class Service:
         s = self.settings
         self.batcher = DynamicBatcher(
             self._forward,
-            max_batch=s.batch_max_size or (64 if self.device_type == "cuda" else 4),
+            max_batch=s.batch_max_size or (64 if self.device_type == "cuda" else 1),
             max_wait_s=s.batch_max_wait_ms / 1000,
             max_queue=s.queue_max,
             enabled=s.batching,
@@ -112,15 +112,11 @@ class Service:
         size = getattr(getattr(self.embedder, "preset", None), "resize_size", None)
         return [self._prepare(self.decode(u, size)) for u in uploads]
 
-    async def embed(self, uploads: list[Upload], images: list[Image.Image] | None = None) -> np.ndarray:
-        """Uploads (or already decoded images) -> unit embeddings (n, d), through the shared batcher."""
-        n = len(images) if images is not None else len(uploads)
+    async def embed(self, uploads: list[Upload]) -> np.ndarray:
+        """Uploads -> unit embeddings (n, d): decoded in a worker thread, embedded through the shared batcher."""
         try:
-            with self.batcher.admit(n):
-                if images is not None:
-                    items = await to_thread.run_sync(lambda: [self._prepare(im) for im in images])
-                else:
-                    items = await to_thread.run_sync(self._decode_prepare, uploads)
+            with self.batcher.admit(len(uploads)):
+                items = await to_thread.run_sync(self._decode_prepare, uploads)
                 vectors = await self.batcher.submit(items)
         except QueueFullError as exc:
             self.metrics.rejected.inc()

@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGSIM_", env_file=".env", extra="ignore")
 
     checkpoint: Path = Field(default=Path("models/default/best.pt"), description="trained checkpoint (.pt)")
-    index: Path = Field(default=Path("indexes/default"), description="gallery index directory; created empty when missing")
+    index: Path = Field(default=Path("indexes/default"), description="gallery index folder; created empty if missing")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     engine: str = Field(default="auto", description="embedding engine, passed on when the embedder supports it")
     host: str = "127.0.0.1"
@@ -31,11 +31,9 @@ class Settings(BaseSettings):
 
     # Dynamic batching and the bounded queue.
     batching: bool = True
-    batch_max_size: int | None = Field(
-        default=None,
-        ge=1,
-        description="images per forward pass; default 4 on CPU (bigger is no faster there), 64 on CUDA",
-    )
+    # Default: 64 on CUDA; 1 on CPU, where bench_service measured no gain from bigger batches (ONNX Runtime's
+    # per-image cost is flat in the batch size there) and batching only adds queueing.
+    batch_max_size: int | None = Field(default=None, ge=1, description="images per forward pass")
     batch_max_wait_ms: float = Field(default=3.0, ge=0)
     queue_max: int = Field(default=128, ge=1, description="images waiting or being embedded; the excess gets 503")
     retry_after_s: int = Field(default=1, ge=0)

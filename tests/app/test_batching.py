@@ -100,7 +100,7 @@ def test_concurrent_http_requests_take_fewer_forward_passes(settings: Settings, 
     same as embedding that image alone."""
     n = 8
     queries = [png_bytes(draw_shape("green_squares", np.random.default_rng(100 + i))) for i in range(n)]
-    with running(settings.model_copy(update={"batch_max_wait_ms": 50.0})) as client:
+    with running(settings.model_copy(update={"batch_max_wait_ms": 50.0, "batch_max_size": 8})) as client:
         service = client.app.state.runtime.service  # type: ignore[attr-defined]
         original = service.embedder.embed_tensors
         sizes: list[int] = []
