@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -10,21 +11,24 @@ from torch import nn
 
 from model.backbones import build_backbone
 
-HEADS = ("residual", "mlp", "linear")
+HEADS = ("anchored", "residual", "mlp")
 
 
 @dataclass
 class ModelConfig:
     backbone: str = "efficientnet-lite0"
     embedding_dim: int = 256
-    head: str = "residual"
+    head: str = "anchored"
     hidden_dim: int = 1024
+    learned_weight: float = 0.5  # anchored head: the most the learnt half can move a cosine similarity
     image_size: int = 224
     pretrained: bool = True
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise ValueError(f"Unknown head {self.head!r}. Only {', '.join(HEADS)} are supported.")
+        if not 0.0 <= self.learned_weight <= 1.0:
+            raise ValueError(f"learned_weight must be in [0, 1], got {self.learned_weight}.")
         if self.embedding_dim < 2:
             raise ValueError(f"embedding_dim must be at least 2, got {self.embedding_dim}.")
 
@@ -33,29 +37,41 @@ class ModelConfig:
 
 
 class EmbeddingHead(nn.Module):
-    """Backbone features -> unit-length embedding.
+    """Backbone features -> unit-length embedding. Three kinds:
 
-    ``residual`` (the default) is ``normalize(P(f - mean) + g(f))``: ``P`` starts as the PCA projection of
-    the training features and ``g``'s last layer starts at zero, so an untrained head reproduces the frozen
-    backbone's geometry and training only adds a correction to it. That keeps what the pretrained backbone
-    knows about breeds it never trains on (see BENCHMARKS.md for the numbers behind the choice).
-    ``mlp`` is the naive head (two layers, random init); ``linear`` a single random projection.
+    ``anchored`` (the default): ``[cos(a) * normalize(P(f - mean)), sin(a) * normalize(g(f))]``. The first
+    half is the frozen backbone's own geometry (``P``: its PCA, fixed); the second half is learnt with the
+    contrastive loss. The learnt half can move a cosine similarity by at most ``sin²(a)``
+    (``learned_weight``), so training sharpens the classes it sees without overwriting what the pretrained
+    backbone knows about classes it never saw. BENCHMARKS.md has the measurements behind this choice.
+    ``residual``: ``normalize(P(f - mean) + g(f))``, ``P`` from the PCA and ``g`` starting at zero.
+    ``mlp``: the naive head, two layers from random init.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, kind: str = "residual", hidden_dim: int = 1024) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, kind: str = "anchored", hidden_dim: int = 1024, learned_weight: float = 0.5
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.mean: torch.Tensor
         self.register_buffer("mean", torch.zeros(in_dim))
+        self.learned_weight = learned_weight
+        frozen_dim = out_dim // 2 if kind == "anchored" else out_dim
+        self.residual: nn.Module | None = None
+        self.learned: nn.Module | None = None
         if kind == "mlp":
             self.project: nn.Module = nn.Sequential(
                 nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
             )
+            return
+        self.project = nn.Linear(in_dim, frozen_dim, bias=False)
+        nn.init.orthogonal_(self.project.weight)
+        if kind == "anchored":
+            self.project.requires_grad_(False)  # the anchor stays the backbone's geometry
+            self.learned = nn.Sequential(
+                nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim - frozen_dim)
+            )
         else:
-            self.project = nn.Linear(in_dim, out_dim, bias=False)
-            nn.init.orthogonal_(self.project.weight)
-        self.residual: nn.Module | None = None
-        if kind == "residual":
             last = nn.Linear(hidden_dim, out_dim)
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
@@ -63,7 +79,7 @@ class EmbeddingHead(nn.Module):
 
     @torch.no_grad()
     def fit_pca(self, features: torch.Tensor) -> None:
-        """Start ``P`` at the top principal directions of ``features`` (identity-like initialisation)."""
+        """Set ``P`` to the top principal directions of ``features`` (the anchored and residual kinds)."""
         if not isinstance(self.project, nn.Linear):
             return
         features = features.float()
@@ -83,6 +99,10 @@ class EmbeddingHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = self.project(features - self.mean)
+        if self.learned is not None:
+            anchor = F.normalize(z.float(), dim=-1) * math.sqrt(1 - self.learned_weight)
+            learned = F.normalize(self.learned(features).float(), dim=-1) * math.sqrt(self.learned_weight)
+            return torch.cat([anchor, learned], dim=-1)
         if self.residual is not None:
             z = z + self.residual(features)
         return F.normalize(z.float(), dim=-1)
@@ -96,7 +116,11 @@ class SiameseNetwork(nn.Module):
         self.config = config
         self.backbone = build_backbone(config.backbone, pretrained=config.pretrained)
         self.head = EmbeddingHead(
-            self.backbone.feature_dim, config.embedding_dim, kind=config.head, hidden_dim=config.hidden_dim
+            self.backbone.feature_dim,
+            config.embedding_dim,
+            kind=config.head,
+            hidden_dim=config.hidden_dim,
+            learned_weight=config.learned_weight,
         )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,93 +34,14 @@ from model.embedder import resolve_device
 from model.evaluate import EvalSet, evaluate_sets
 from model.features import cached_features
 from model.losses import ContrastiveLoss
-from model.network import HEADS, ModelConfig, SiameseNetwork
+from model.network import ModelConfig, SiameseNetwork
 from model.plots import plot_loss
 from model.presets import TrainPreset
-from model.sampling import SAMPLERS, ClassBalancedBatchSampler
+from model.sampling import ClassBalancedBatchSampler
 from model.steps import PairBatches, StepContext, train_one_epoch, validation_loss
+from model.train_args import check_args, get_args_parser
 
 log = logging.getLogger(__name__)
-MODES = ("frozen", "finetune")
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="Train the Siamese embedder with the contrastive loss.", add_help=add_help
-    )
-    p.add_argument("--data", required=True, help="folder-per-class gallery to train on")
-    p.add_argument("--out", required=True, help="run directory: checkpoints, loss.png, metrics.json")
-    p.add_argument(
-        "--backbone", default="efficientnet-lite0", help="efficientnet-lite0, resnet18, resnet50, seed-cnn"
-    )
-    p.add_argument("--embedding-dim", type=int, default=256)
-    p.add_argument("--head", default="residual", choices=HEADS)
-    p.add_argument("--hidden-dim", type=int, default=1024)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument(
-        "--no-pretrained", action="store_true", help="random backbone weights (seed-cnn always is)"
-    )
-    p.add_argument("--mode", default="frozen", choices=MODES)
-    p.add_argument("--sampler", default="class-balanced", choices=SAMPLERS)
-    p.add_argument(
-        "--m-per-class", type=int, default=8, help="class-balanced: images of each class per batch"
-    )
-    p.add_argument("--classes-per-batch", type=int, default=16, help="class-balanced: classes per batch")
-    p.add_argument(
-        "--pairs-per-class", type=int, default=200, help="article: similar and dissimilar pairs per class"
-    )
-    p.add_argument("--batch-size", type=int, default=64, help="article: pairs per batch")
-    p.add_argument(
-        "--margin", type=float, default=1.0, help="contrastive margin m (embeddings are unit length)"
-    )
-    p.add_argument(
-        "--distill",
-        type=float,
-        default=1.0,
-        help="weight of the term keeping the batch's similarities close to the frozen backbone's",
-    )
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--backbone-lr-scale", type=float, default=0.1, help="finetune: backbone lr = lr × this")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps with a linear warm-up")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
-    p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="closed set: share of each class held out")
-    p.add_argument("--open-classes", default="", help="comma-separated classes held out whole (open set)")
-    p.add_argument("--num-open-classes", type=int, default=0, help="or: this many classes drawn with --seed")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
-    p.add_argument(
-        "--cache-dir", default=None, help="where frozen-mode features are cached (default RUN_DIR/cache)"
-    )
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def check_args(args: argparse.Namespace) -> None:
-    if args.mode == "frozen" and args.backbone == "seed-cnn":
-        raise ValueError(
-            "--mode frozen needs a pretrained backbone; seed-cnn trains from scratch: use --mode finetune."
-        )
-    for name in (
-        "epochs",
-        "m_per_class",
-        "classes_per_batch",
-        "pairs_per_class",
-        "batch_size",
-        "embedding_dim",
-    ):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise ValueError(f"--max-steps must be at least 1, got {args.max_steps}.")
-    if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}.")
 
 
 def _distributed() -> tuple[int, int]:
@@ -158,6 +79,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         embedding_dim=args.embedding_dim,
         head=args.head,
         hidden_dim=args.hidden_dim,
+        learned_weight=args.learned_weight,
         image_size=args.image_size,
         pretrained=not args.no_pretrained and args.backbone != "seed-cnn",
     )
@@ -167,9 +89,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     # Inputs of the loop: cached features (frozen) or images (finetune).
     cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
     progress = not args.no_progress and rank == 0
-    feature_kw = dict(
-        image_size=config.image_size, num_workers=args.workers, device=device, progress=progress
-    )
+    feature_kw = dict(image_size=config.image_size, num_workers=args.workers, device=device, progress=progress)
     if args.mode == "frozen":
         model.backbone.requires_grad_(False)
         if rank != 0:
@@ -208,7 +128,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     total_steps = args.max_steps or steps_per_epoch * args.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
 
-    head_params = list(model.head.parameters())
+    head_params = [p for p in model.head.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": head_params, "lr": args.lr}]
     if args.mode == "finetune":
         groups.append({"params": list(model.backbone.parameters()), "lr": args.lr * args.backbone_lr_scale})
@@ -216,9 +136,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     warmup = max(1, int(total_steps * args.warmup))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: (
-            min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-        ),
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
     )
     history: dict[str, list[Any]]
     start_epoch, step, history = 0, 0, {"steps": [], "train_loss": [], "val_loss": [], "val_score": []}
@@ -296,11 +214,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 workers=args.workers,
                 progress=progress,
             )
-            score = (
-                float(np.mean([v["map_at_r"] for v in val.retrieval.values()]))
-                if val.retrieval
-                else -float(step)
-            )
+            score = float(np.mean([v["map_at_r"] for v in val.retrieval.values()])) if val.retrieval else -float(step)
             vloss = validation_loss(val, ContrastiveLoss(args.margin))
             history["val_loss"].append([step, vloss])
             history["val_score"].append([step, score])

@@ -13,9 +13,7 @@ from PIL import Image, ImageDraw
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.network import ModelConfig, SiameseNetwork
 
-DOGS = Path(
-    os.environ.get("IMGSIM_TEST_DOGS", Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs")
-)
+DOGS = Path(os.environ.get("IMGSIM_TEST_DOGS", Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs"))
 
 SHAPES = {
     "red_circles": ((220, 40, 40), "ellipse"),
@@ -27,7 +25,7 @@ SHAPES = {
 TINY_CONFIG = {
     "backbone": "seed-cnn",
     "embedding_dim": 16,
-    "head": "residual",
+    "head": "anchored",
     "hidden_dim": 32,
     "image_size": 64,
     "pretrained": False,
@@ -55,9 +53,7 @@ def draw_shape(label: str, rng: np.random.Generator, size: int = 72) -> Image.Im
     return image
 
 
-def make_gallery(
-    root: Path, per_class: int = 12, seed: int = 0, classes: tuple[str, ...] = tuple(SHAPES)
-) -> Path:
+def make_gallery(root: Path, per_class: int = 12, seed: int = 0, classes: tuple[str, ...] = tuple(SHAPES)) -> Path:
     rng = np.random.default_rng(seed)
     for label in classes:
         (root / label).mkdir(parents=True, exist_ok=True)

@@ -28,9 +28,7 @@ def test_new_section_is_appended_and_others_untouched() -> None:
     assert r"back\slash \1 kept" in again and "index table" in again and "Notes." in again
 
 
-def test_main_runs_named_benchmarks_and_creates_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_main_runs_named_benchmarks_and_creates_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, bool]] = []
 
     def fake_run_one(name: str, quick: bool) -> str:

@@ -46,9 +46,7 @@ def preset_reference(files: list[Path], preset: EvalPreset) -> dict[int, torch.T
 
 
 @pytest.mark.parametrize(("batch_size", "workers"), [(4, 0), (5, 2), (64, 3)])
-def test_batches_equal_the_eval_preset_in_input_order(
-    mixed_files: list[Path], batch_size: int, workers: int
-) -> None:
+def test_batches_equal_the_eval_preset_in_input_order(mixed_files: list[Path], batch_size: int, workers: int) -> None:
     preset = EvalPreset(48)
     ref = preset_reference(mixed_files, preset)
     batches = list(iter_batches(mixed_files, preset, batch_size, workers, prefetch=1, chunk=3))
@@ -74,9 +72,7 @@ def test_gpu_decoder_path_agrees_with_the_cpu_path(mixed_files: list[Path]) -> N
     assert (got.images - want.images).abs().max() <= 3 / 255 / 0.224
 
 
-def test_embed_files_reports_failures_and_matches_embed_images(
-    tiny_checkpoint: Path, mixed_files: list[Path]
-) -> None:
+def test_embed_files_reports_failures_and_matches_embed_images(tiny_checkpoint: Path, mixed_files: list[Path]) -> None:
     embedder = Embedder(tiny_checkpoint, device="cpu", engine="torch")
     result = embedder.embed_files(mixed_files, batch_size=4, num_workers=2, progress=False)
     assert set(result.failures) == {4, len(mixed_files) - 1}

@@ -80,9 +80,7 @@ def save_trained(path: Path, gallery: Path, seed: int = 0) -> Checkpoint:
 # ---- data ------------------------------------------------------------------------------------------------
 
 
-def test_explicit_data_is_used_and_a_wrong_one_is_not_replaced(
-    tmp_path: Path, synthetic_gallery: Path
-) -> None:
+def test_explicit_data_is_used_and_a_wrong_one_is_not_replaced(tmp_path: Path, synthetic_gallery: Path) -> None:
     decoy = make_gallery(tmp_path / "decoy", per_class=1)
     opts = options(tmp_path, synthetic_gallery, default_data=(decoy,))
     assert first_run.resolve_data(opts, never_download) == (synthetic_gallery, "given")
@@ -197,9 +195,7 @@ class _Ready(BaseHTTPRequestHandler):
         return None
 
 
-def test_serve_announces_the_urls_once_the_service_is_ready(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_serve_announces_the_urls_once_the_service_is_ready(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The serve step runs the service in this thread and prints the URLs only when /readyz answers."""
     announced: list[tuple[str, str]] = []
     seen: list[Settings] = []
@@ -287,9 +283,7 @@ def test_same_model_changed_gallery_updates_only_the_difference(
 
     # One file removed, one added: the update drops one and embeds one, by the same model.
     (synthetic_gallery / "green_squares" / "green_squares_000.png").unlink()
-    draw_shape("blue_triangles", np.random.default_rng(3)).save(
-        synthetic_gallery / "blue_triangles" / "x.png"
-    )
+    draw_shape("blue_triangles", np.random.default_rng(3)).save(synthetic_gallery / "blue_triangles" / "x.png")
     assert first_run.ensure_index(opts.run_dir / "best.pt", synthetic_gallery, "fp2", opts) == "updated"
     gi = GalleryIndex.open(opts.index_dir, model_hash=ckpt.hash)
     paths = {r.path for r in gi.all_records()}
@@ -317,9 +311,7 @@ def test_damaged_checkpoint_is_retrained_not_reused(
     assert action == "trained" and path == opts.run_dir / "best.pt"
     # Trained into a scratch folder that replaced the run only once it held best.pt.
     scratch = opts.run_dir.with_name(".default.training")
-    assert calls == [
-        ["--data", str(synthetic_gallery), "--out", str(scratch), "--device", "cpu", *TINY_TRAIN_ARGS]
-    ]
+    assert calls == [["--data", str(synthetic_gallery), "--out", str(scratch), "--device", "cpu", *TINY_TRAIN_ARGS]]
     assert load_checkpoint(path).train_args["data_fingerprint"] == fingerprint
     assert not any(p.name.startswith(".default") for p in opts.run_dir.parent.iterdir())
 

@@ -95,7 +95,7 @@ def test_animated_gif_gives_its_first_frame() -> None:
     frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
-    r, g, b = load_image(buf.getvalue()).getpixel((4, 4))
+    r, _, b = load_image(buf.getvalue()).getpixel((4, 4))
     assert r > 200 and b < 50
 
 

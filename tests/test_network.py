@@ -41,8 +41,23 @@ def test_residual_head_starts_as_the_pca_projection() -> None:
     assert np.allclose(np.abs(got), np.abs(expected), atol=1e-4)
 
 
+def test_anchored_head_keeps_the_frozen_half_and_bounds_the_learnt_half() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(100, 12)
+    head = EmbeddingHead(12, 8, kind="anchored", hidden_dim=16, learned_weight=0.3)
+    head.fit_pca(features)
+    e = head(features)
+    anchor = torch.nn.functional.normalize(head.project(features - head.mean), dim=-1)
+    assert torch.allclose(e[:, :4], anchor * 0.7**0.5, atol=1e-5)
+    assert torch.allclose(e[:, 4:].norm(dim=1), torch.full((100,), 0.3**0.5), atol=1e-5)
+    assert not head.project.weight.requires_grad  # only the learnt half trains
+    # Whatever the learnt half does, a cosine similarity moves by at most learned_weight from the anchor's.
+    sims, anchor_sims = e @ e.T, anchor @ anchor.T
+    assert torch.all((sims - 0.7 * anchor_sims).abs() <= 0.3 + 1e-5)
+
+
 def test_bad_model_options_fail_clearly() -> None:
-    with pytest.raises(ValueError, match="Only residual, mlp, linear"):
+    with pytest.raises(ValueError, match="Only anchored, residual, mlp"):
         ModelConfig(head="transformer")
     with pytest.raises(ValueError, match="Only efficientnet-lite0"):
         build_backbone("vgg99")

@@ -26,7 +26,10 @@ def make_archives(tmp: Path) -> tuple[Path, Path, dict[str, list[str]]]:
             rel = f"{breed}/{breed[:9]}_{k}.jpg"
             Image.new("RGB", (20, 20), (k * 50, 0, 0)).save(src / "Images" / rel)
             files.append(rel)
-    lists = {"train": [f for f in files if not f.endswith("_2.jpg")], "test": [f for f in files if f.endswith("_2.jpg")]}
+    lists = {
+        "train": [f for f in files if not f.endswith("_2.jpg")],
+        "test": [f for f in files if f.endswith("_2.jpg")],
+    }
     for split, rels in lists.items():
         column = np.empty((len(rels), 1), dtype=object)
         for i, rel in enumerate(rels):

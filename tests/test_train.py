@@ -18,14 +18,46 @@ from model.checkpoint import load_checkpoint
 from model.embedder import Embedder
 from model.images import load_image
 
-TINY = ["--backbone", "seed-cnn", "--mode", "finetune", "--embedding-dim", "16", "--hidden-dim", "32",
-        "--image-size", "64", "--m-per-class", "4", "--workers", "0", "--no-progress"]
+TINY = [
+    "--backbone",
+    "seed-cnn",
+    "--mode",
+    "finetune",
+    "--embedding-dim",
+    "16",
+    "--hidden-dim",
+    "32",
+    "--image-size",
+    "64",
+    "--m-per-class",
+    "4",
+    "--workers",
+    "0",
+    "--no-progress",
+]
 
 
 def test_train_eval_reload_end_to_end(synthetic_gallery: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
-    assert main(["train", "--data", str(synthetic_gallery), "--out", str(run), *TINY, "--epochs", "2",
-                 "--steps-per-epoch", "3", "--num-open-classes", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synthetic_gallery),
+                "--out",
+                str(run),
+                *TINY,
+                "--epochs",
+                "2",
+                "--steps-per-epoch",
+                "3",
+                "--num-open-classes",
+                "1",
+            ]
+        )
+        == 0
+    )
     for name in ("best.pt", "last.pt", "loss.png", "metrics.json"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
@@ -38,8 +70,12 @@ def test_train_eval_reload_end_to_end(synthetic_gallery: Path, tmp_path: Path, c
     assert ckpt.train_args["data_fingerprint"] and ckpt.metrics["closed"]["recall_at_1"] >= 0
 
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--data", str(synthetic_gallery), "--json",
-                 "--workers", "0"]) == 0
+    assert (
+        main(
+            ["eval", "--checkpoint", str(run / "best.pt"), "--data", str(synthetic_gallery), "--json", "--workers", "0"]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     for key in ("recall_at_1", "recall_at_5", "map_at_r", "roc_auc", "threshold"):
         assert isinstance(report[key], float) and isinstance(report["baseline"][key], float), key
@@ -58,8 +94,20 @@ def test_train_eval_reload_end_to_end(synthetic_gallery: Path, tmp_path: Path, c
 
 def test_training_lowers_the_loss_and_resume_continues(synthetic_gallery: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    common = ["train", "--data", str(synthetic_gallery), "--out", str(run), *TINY, "--steps-per-epoch", "4",
-              "--lr", "3e-3", "--patience", "10"]
+    common = [
+        "train",
+        "--data",
+        str(synthetic_gallery),
+        "--out",
+        str(run),
+        *TINY,
+        "--steps-per-epoch",
+        "4",
+        "--lr",
+        "3e-3",
+        "--patience",
+        "10",
+    ]
     assert main([*common, "--epochs", "1"]) == 0
     first = torch.load(run / "last.pt", weights_only=True)
     assert main([*common, "--epochs", "3", "--resume"]) == 0
@@ -70,16 +118,59 @@ def test_training_lowers_the_loss_and_resume_continues(synthetic_gallery: Path, 
 
 
 def test_article_pair_sampler_trains(synthetic_gallery: Path, tmp_path: Path) -> None:
-    assert main(["train", "--data", str(synthetic_gallery), "--out", str(tmp_path / "r"), *TINY,
-                 "--sampler", "article", "--pairs-per-class", "4", "--batch-size", "8", "--max-steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synthetic_gallery),
+                "--out",
+                str(tmp_path / "r"),
+                *TINY,
+                "--sampler",
+                "article",
+                "--pairs-per-class",
+                "4",
+                "--batch-size",
+                "8",
+                "--max-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert load_checkpoint(tmp_path / "r" / "best.pt").extra == {}
 
 
 def test_frozen_mode_trains_the_head_only_on_cached_features(synthetic_gallery: Path, tmp_path: Path) -> None:
     run = tmp_path / "frozen"
-    assert main(["train", "--data", str(synthetic_gallery), "--out", str(run), "--mode", "frozen",
-                 "--image-size", "64", "--embedding-dim", "16", "--hidden-dim", "32", "--m-per-class", "4",
-                 "--workers", "0", "--no-progress", "--max-steps", "3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synthetic_gallery),
+                "--out",
+                str(run),
+                "--mode",
+                "frozen",
+                "--image-size",
+                "64",
+                "--embedding-dim",
+                "16",
+                "--hidden-dim",
+                "32",
+                "--m-per-class",
+                "4",
+                "--workers",
+                "0",
+                "--no-progress",
+                "--max-steps",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert list((run / "cache").glob("features-*.pt"))
     trained = load_checkpoint(run / "best.pt").model
     from model.backbones import build_backbone
@@ -96,7 +187,10 @@ def test_frozen_mode_trains_the_head_only_on_cached_features(synthetic_gallery: 
         (["--mode", "frozen", "--backbone", "seed-cnn"], "seed-cnn trains from scratch"),
         (["--max-steps", "0"], "--max-steps must be at least 1"),
         (["--open-classes", "unicorns"], "not in the gallery"),
-        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "CUDA is not available|Unknown device"),
+        (
+            ["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"],
+            "CUDA is not available|Unknown device",
+        ),
     ],
 )
 def test_bad_options_fail_with_clear_messages(
@@ -114,9 +208,27 @@ def test_ddp_with_two_cpu_processes(synthetic_gallery: Path, tmp_path: Path) -> 
     """``torchrun --nproc_per_node 2`` (gloo on CPU) runs the same training command."""
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "model.train", "--data", str(synthetic_gallery), "--out", str(run), *TINY, "--max-steps", "3",
-           "--m-per-class", "2", "--classes-per-batch", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "model.train",
+        "--data",
+        str(synthetic_gallery),
+        "--out",
+        str(run),
+        *TINY,
+        "--max-steps",
+        "3",
+        "--m-per-class",
+        "2",
+        "--classes-per-batch",
+        "2",
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = load_checkpoint(run / "best.pt")
