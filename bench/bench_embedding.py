@@ -33,14 +33,15 @@ from model.network import ModelConfig, SiameseNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
 DOGS = Path(os.environ.get("IMGSIM_DOGS", ROOT.parent / "shared" / "data" / "dogs"))
-CKPT = ROOT / "runs" / "bench" / "efficientnet-lite0-untrained.pt"
 
 
 def bench_checkpoint() -> Path:
-    if not CKPT.is_file():
+    """The default architecture with an untrained head, named by head kind so a new default is rebuilt."""
+    path = ROOT / "runs" / "bench" / f"efficientnet-lite0-{ModelConfig().head}-untrained.pt"
+    if not path.is_file():
         torch.manual_seed(0)
-        save_checkpoint(Checkpoint(SiameseNetwork(ModelConfig()).eval()), CKPT)
-    return CKPT
+        save_checkpoint(Checkpoint(SiameseNetwork(ModelConfig()).eval()), path)
+    return path
 
 
 def dog_photos(n: int) -> list[Path]:
