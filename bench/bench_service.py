@@ -117,6 +117,8 @@ def start_server(ckpt: Path, index_dir: Path, port: int, batching: bool, log: Pa
         "IMGSIM_ACCESS_LOG": "false",
         "IMGSIM_ENGINE": ENGINE,
         "IMGSIM_QUEUE_MAX": "256",
+        "IMGSIM_BATCH_MAX_SIZE": str(BATCH_MAX),
+        "IMGSIM_BATCH_MAX_WAIT_MS": "3",
     }
     cmd = [
         sys.executable,
