@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, draw_shape, make_gallery
+from PIL import Image
 
 from app import first_run, up_cli
 from app.cli import build_parser
@@ -23,6 +23,32 @@ from app.settings import Settings
 from index import GalleryIndex
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.network import ModelConfig, SiameseNetwork
+
+# Not imported from tests/conftest.py: with conftest.py files in subfolders, `import conftest` is ambiguous.
+TINY_CONFIG = {
+    "backbone": "seed-cnn",
+    "embedding_dim": 16,
+    "head": "residual",
+    "hidden_dim": 32,
+    "image_size": 64,
+    "pretrained": False,
+}
+
+
+def new_photo(path: Path, seed: int) -> Path:
+    """A small random-noise PNG: a file the gallery has not seen."""
+    pixels = np.random.default_rng(seed).integers(0, 255, size=(72, 72, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def small_gallery(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: int = 1) -> Path:
+    for i, label in enumerate(classes):
+        for k in range(per_class):
+            new_photo(root / label / f"{label}_{k}.png", seed=100 * i + k)
+    return root
+
 
 TINY_TRAIN_ARGS = [
     "--backbone",
@@ -81,7 +107,7 @@ def save_trained(path: Path, gallery: Path, seed: int = 0) -> Checkpoint:
 
 
 def test_explicit_data_is_used_and_a_wrong_one_is_not_replaced(tmp_path: Path, synthetic_gallery: Path) -> None:
-    decoy = make_gallery(tmp_path / "decoy", per_class=1)
+    decoy = small_gallery(tmp_path / "decoy")
     opts = options(tmp_path, synthetic_gallery, default_data=(decoy,))
     assert first_run.resolve_data(opts, never_download) == (synthetic_gallery, "given")
     missing = options(tmp_path, tmp_path / "nope", default_data=(decoy,))
@@ -90,11 +116,11 @@ def test_explicit_data_is_used_and_a_wrong_one_is_not_replaced(tmp_path: Path, s
 
 
 def test_default_folder_then_previous_download_then_download(tmp_path: Path) -> None:
-    present = make_gallery(tmp_path / "shared" / "dogs", per_class=1)
+    present = small_gallery(tmp_path / "shared" / "dogs")
     opts = options(tmp_path, None, default_data=(tmp_path / "absent", present))
     assert first_run.resolve_data(opts, never_download) == (present, "found")
 
-    downloaded = make_gallery(tmp_path / "dl" / "Images", per_class=1)
+    downloaded = small_gallery(tmp_path / "dl" / "Images")
     calls: list[Path] = []
 
     def fake_download(dest: Path) -> Path:
@@ -256,7 +282,7 @@ def test_matching_model_and_index_are_reused_then_updated_when_files_change(
 
     # A new photo changes the fingerprint: the model no longer matches, so training would run; here we
     # record a checkpoint for the new contents by hand and check that the index is rebuilt for it.
-    draw_shape("red_circles", np.random.default_rng(7)).save(synthetic_gallery / "red_circles" / "new.png")
+    new_photo(synthetic_gallery / "red_circles" / "new.png", seed=7)
     assert first_run.data_fingerprint(synthetic_gallery) != ckpt.train_args["data_fingerprint"]
     other = save_trained(opts.run_dir / "best.pt", synthetic_gallery, seed=1)
     third = first_run.prepare(opts, never_download)
@@ -283,7 +309,7 @@ def test_same_model_changed_gallery_updates_only_the_difference(
 
     # One file removed, one added: the update drops one and embeds one, by the same model.
     (synthetic_gallery / "green_squares" / "green_squares_000.png").unlink()
-    draw_shape("blue_triangles", np.random.default_rng(3)).save(synthetic_gallery / "blue_triangles" / "x.png")
+    new_photo(synthetic_gallery / "blue_triangles" / "x.png", seed=3)
     assert first_run.ensure_index(opts.run_dir / "best.pt", synthetic_gallery, "fp2", opts) == "updated"
     gi = GalleryIndex.open(opts.index_dir, model_hash=ckpt.hash)
     paths = {r.path for r in gi.all_records()}

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG
 
 from bench import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tiny model of tests/conftest.py (not imported: `import conftest` is ambiguous with subfolder conftests).
+TINY_CONFIG = {"backbone": "seed-cnn", "embedding_dim": 16, "image_size": 64}
 
 
 def test_cosine_rows_matches_torch() -> None:
