@@ -13,7 +13,7 @@ DEV_STAMP := $(VENV)/.imgsim-dev-installed
 IMAGE ?= imgsim:latest
 UP_ARGS ?=
 PYTEST_ARGS ?=
-BENCH_ARGS ?= --quick
+BENCH_ARGS ?=
 # `docker compose` (v2 plugin) or the standalone `docker-compose`, whichever is installed.
 COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
 	elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; fi)
@@ -25,7 +25,7 @@ help:
 	@echo "make run            data -> train (or reuse) -> index -> serve on http://localhost:8000/"
 	@echo "make test           ruff, mypy and pytest in a fresh-or-current .venv with the dev extras"
 	@echo "make lint           ruff, mypy, hadolint on the Dockerfile, compose validation"
-	@echo "make bench          every bench/bench_*.py (BENCH_ARGS=$(BENCH_ARGS))"
+	@echo "make bench          every bench/bench_*.py into BENCHMARKS.md (BENCH_ARGS=--quick: shorter)"
 	@echo "make docker-build   build the CUDA image $(IMAGE)"
 	@echo "make clean          remove the venv and caches (runs/, indexes/ and data/ are kept)"
 
@@ -70,11 +70,9 @@ lint-container: $(DEV_STAMP)
 		echo "warning: compose file NOT validated: install docker compose or Debian's docker-compose"; \
 	fi
 
+# Every bench/bench_*.py; rewrites their marked sections of BENCHMARKS.md (BENCH_ARGS=--quick for a short run).
 bench: $(STAMP)
-	@set -e; for f in bench/bench_*.py; do \
-		m=$$(basename $$f .py); echo "== bench.$$m $(BENCH_ARGS)"; \
-		nice -n 10 $(PY) -m bench.$$m $(BENCH_ARGS); \
-	done
+	nice -n 10 $(PY) -m bench.run_all $(BENCH_ARGS)
 
 docker-build:
 	docker build -t $(IMAGE) .
