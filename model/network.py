@@ -43,7 +43,8 @@ class EmbeddingHead(nn.Module):
     half is the frozen backbone's own geometry (``P``: its PCA, fixed); the second half is learnt with the
     contrastive loss. The learnt half can move a cosine similarity by at most ``sin²(a)``
     (``learned_weight``), so training sharpens the classes it sees without overwriting what the pretrained
-    backbone knows about classes it never saw. BENCHMARKS.md has the measurements behind this choice.
+    backbone knows about classes it never saw. In training mode it returns the learnt half alone: that
+    is what the contrastive loss trains. BENCHMARKS.md has the measurements behind this choice.
     ``residual``: ``normalize(P(f - mean) + g(f))``, ``P`` from the PCA and ``g`` starting at zero.
     ``mlp``: the naive head, two layers from random init.
     """
@@ -98,6 +99,11 @@ class EmbeddingHead(nn.Module):
         self.project.weight.copy_(components)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.learned is not None and self.training:
+            # Training sees the learnt half alone: the contrastive loss must separate classes there. Trained
+            # through the mixture instead, it collapses, since the anchor already keeps most dissimilar pairs
+            # beyond the margin and only the pull on similar pairs remains.
+            return F.normalize(self.learned(features).float(), dim=-1)
         z = self.project(features - self.mean)
         if self.learned is not None:
             anchor = F.normalize(z.float(), dim=-1) * math.sqrt(1 - self.learned_weight)

@@ -36,8 +36,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--distill",
         type=float,
-        default=1.0,
-        help="weight of the term keeping the batch's similarities close to the frozen backbone's",
+        default=0.0,
+        help="weight of a term keeping the batch's similarities close to the frozen backbone's (for the residual "
+        "and mlp heads; the anchored head keeps the backbone's geometry by construction)",
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--backbone-lr-scale", type=float, default=0.1, help="finetune: backbone lr = lr × this")

@@ -46,7 +46,9 @@ def test_anchored_head_keeps_the_frozen_half_and_bounds_the_learnt_half() -> Non
     features = torch.randn(100, 12)
     head = EmbeddingHead(12, 8, kind="anchored", hidden_dim=16, learned_weight=0.3)
     head.fit_pca(features)
-    e = head(features)
+    learnt = head(features)  # training mode: the learnt half alone, which the loss trains
+    assert learnt.shape == (100, 4) and torch.allclose(learnt.norm(dim=1), torch.ones(100), atol=1e-5)
+    e = head.eval()(features)
     anchor = torch.nn.functional.normalize(head.project(features - head.mean), dim=-1)
     assert torch.allclose(e[:, :4], anchor * 0.7**0.5, atol=1e-5)
     assert torch.allclose(e[:, 4:].norm(dim=1), torch.full((100,), 0.3**0.5), atol=1e-5)
