@@ -18,6 +18,10 @@ class Backbone(nn.Module):
 
     feature_dim: int
 
+    def imagenet_head(self) -> nn.Linear | None:
+        """The pretrained ImageNet classifier on top of the features, where the backbone has one."""
+        return None
+
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """ImageNet logits from features, where the backbone kept its pretrained head."""
         raise NotImplementedError(f"{type(self).__name__} has no ImageNet head")
@@ -32,14 +36,15 @@ class EfficientNetLite0(Backbone):
 
         net = EfficientNet.from_name("efficientnet-lite0")
         if pretrained:
-            net.load_state_dict(
-                torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
-            )
+            net.load_state_dict(torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True))
         self.net = net
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.net.extract_features(x)).flatten(1)
+
+    def imagenet_head(self) -> nn.Linear | None:
+        return self.net._fc
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.net._fc(features)
@@ -75,6 +80,9 @@ class TorchvisionResNet(Backbone):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def imagenet_head(self) -> nn.Linear | None:
+        return self.head
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)

@@ -20,7 +20,9 @@ class ModelConfig:
     embedding_dim: int = 256
     head: str = "anchored"
     hidden_dim: int = 1024
-    learned_weight: float = 0.5  # anchored head: the most the learnt half can move a cosine similarity
+    learned_weight: float = 0.3  # anchored head: the most the learnt half can move a cosine similarity
+    learned_dim: int | None = None  # anchored head: dimensions of the learnt half (default embedding_dim // 8)
+    class_weight: float = 0.5  # anchored head: share of the anchor given to the ImageNet class probabilities
     image_size: int = 224
     pretrained: bool = True
 
@@ -29,8 +31,14 @@ class ModelConfig:
             raise ValueError(f"Unknown head {self.head!r}. Only {', '.join(HEADS)} are supported.")
         if not 0.0 <= self.learned_weight <= 1.0:
             raise ValueError(f"learned_weight must be in [0, 1], got {self.learned_weight}.")
+        if not 0.0 <= self.class_weight <= 1.0:
+            raise ValueError(f"class_weight must be in [0, 1], got {self.class_weight}.")
         if self.embedding_dim < 2:
             raise ValueError(f"embedding_dim must be at least 2, got {self.embedding_dim}.")
+        if self.learned_dim is None:
+            self.learned_dim = max(1, self.embedding_dim // 8)
+        if not 1 <= self.learned_dim < self.embedding_dim:
+            raise ValueError(f"learned_dim must be in [1, embedding_dim), got {self.learned_dim}.")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -39,53 +47,72 @@ class ModelConfig:
 class EmbeddingHead(nn.Module):
     """Backbone features -> unit-length embedding. Three kinds:
 
-    ``anchored`` (the default): ``[cos(a) * normalize(P(f - mean)), sin(a) * normalize(g(f))]``. The first
-    half is the frozen backbone's own geometry (``P``: its PCA, fixed); the second half is learnt with the
-    contrastive loss. The learnt half can move a cosine similarity by at most ``sin²(a)``
-    (``learned_weight``), so training sharpens the classes it sees without overwriting what the pretrained
-    backbone knows about classes it never saw. In training mode it returns the learnt half alone: that
-    is what the contrastive loss trains. BENCHMARKS.md has the measurements behind this choice.
+    ``anchored`` (the default) is ``[cos(a) * anchor(f), sin(a) * normalize(g(f))]``.
+    The anchor is what the pretrained backbone already knows, frozen: the PCA of its centred features and,
+    where it has an ImageNet classifier, of its class probabilities (as ``sqrt(softmax)``, so that cosine is
+    the Bhattacharyya coefficient; ``class_weight`` is their share). ``g`` is the learnt half, trained alone
+    with the contrastive loss (in training mode the head returns it alone). It can move a cosine similarity
+    by at most ``sin²(a) = learned_weight``, so training sharpens the classes it sees without overwriting
+    what the backbone knows about classes it never saw. BENCHMARKS.md has the measurements behind this.
     ``residual``: ``normalize(P(f - mean) + g(f))``, ``P`` from the PCA and ``g`` starting at zero.
     ``mlp``: the naive head, two layers from random init.
     """
 
-    def __init__(
-        self, in_dim: int, out_dim: int, kind: str = "anchored", hidden_dim: int = 1024, learned_weight: float = 0.5
-    ) -> None:
+    def __init__(self, in_dim: int, out_dim: int, config: ModelConfig, classifier: nn.Linear | None = None) -> None:
         super().__init__()
-        self.kind = kind
+        self.kind = config.head
+        self.learned_weight = config.learned_weight
+        self.class_weight = config.class_weight
         self.mean: torch.Tensor
         self.register_buffer("mean", torch.zeros(in_dim))
-        self.learned_weight = learned_weight
-        frozen_dim = out_dim // 2 if kind == "anchored" else out_dim
         self.residual: nn.Module | None = None
         self.learned: nn.Module | None = None
-        if kind == "mlp":
+        self.classifier: nn.Linear | None = None
+        hidden = config.hidden_dim
+        if self.kind == "mlp":
             self.project: nn.Module = nn.Sequential(
-                nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
+                nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)
             )
             return
-        self.project = nn.Linear(in_dim, frozen_dim, bias=False)
+        anchor_in = in_dim
+        if self.kind == "anchored" and classifier is not None and config.class_weight > 0:
+            self.classifier = classifier.requires_grad_(False)
+            anchor_in += classifier.out_features
+        self.anchor_mean: torch.Tensor
+        self.register_buffer("anchor_mean", torch.zeros(anchor_in))
+        learned_dim = int(config.learned_dim or 1) if self.kind == "anchored" else 0
+        self.project = nn.Linear(anchor_in, out_dim - learned_dim, bias=False)
         nn.init.orthogonal_(self.project.weight)
-        if kind == "anchored":
+        if self.kind == "anchored":
             self.project.requires_grad_(False)  # the anchor stays the backbone's geometry
-            self.learned = nn.Sequential(
-                nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim - frozen_dim)
-            )
+            self.learned = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, learned_dim))
         else:
-            last = nn.Linear(hidden_dim, out_dim)
+            last = nn.Linear(hidden, out_dim)
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
-            self.residual = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), last)
+            self.residual = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), last)
+
+    def anchor_input(self, features: torch.Tensor) -> torch.Tensor:
+        """What the frozen projection sees: centred features (anchored: unit length, beside class probabilities)."""
+        centred = features.float() - self.mean
+        if self.kind != "anchored":
+            return centred
+        unit = F.normalize(centred, dim=-1)
+        if self.classifier is None:
+            return unit
+        probs = F.normalize(self.classifier(features.float()).softmax(dim=-1).sqrt(), dim=-1)
+        return torch.cat([unit * math.sqrt(1 - self.class_weight), probs * math.sqrt(self.class_weight)], dim=-1)
 
     @torch.no_grad()
     def fit_pca(self, features: torch.Tensor) -> None:
-        """Set ``P`` to the top principal directions of ``features`` (the anchored and residual kinds)."""
+        """Set the frozen projection to the top principal directions of the training features."""
         if not isinstance(self.project, nn.Linear):
             return
         features = features.float()
-        mean = features.mean(dim=0)
-        centred = features - mean
+        self.mean.copy_(features.mean(dim=0))
+        inputs = self.anchor_input(features)
+        mean = inputs.mean(dim=0)
+        centred = inputs - mean
         out_dim = self.project.out_features
         # Eigenvectors of the (dim x dim) covariance: much cheaper than an SVD of the (n x dim) data.
         eigenvalues, eigenvectors = torch.linalg.eigh(centred.T @ centred)
@@ -95,7 +122,7 @@ class EmbeddingHead(nn.Module):
             extra = torch.empty(out_dim - components.shape[0], components.shape[1])
             nn.init.orthogonal_(extra)
             components = torch.cat([components, extra])
-        self.mean.copy_(mean)
+        self.anchor_mean.copy_(mean)
         self.project.weight.copy_(components)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -104,7 +131,9 @@ class EmbeddingHead(nn.Module):
             # through the mixture instead, it collapses, since the anchor already keeps most dissimilar pairs
             # beyond the margin and only the pull on similar pairs remains.
             return F.normalize(self.learned(features).float(), dim=-1)
-        z = self.project(features - self.mean)
+        if self.kind == "mlp":
+            return F.normalize(self.project(features - self.mean).float(), dim=-1)
+        z = self.project(self.anchor_input(features) - self.anchor_mean)
         if self.learned is not None:
             anchor = F.normalize(z.float(), dim=-1) * math.sqrt(1 - self.learned_weight)
             learned = F.normalize(self.learned(features).float(), dim=-1) * math.sqrt(self.learned_weight)
@@ -122,11 +151,7 @@ class SiameseNetwork(nn.Module):
         self.config = config
         self.backbone = build_backbone(config.backbone, pretrained=config.pretrained)
         self.head = EmbeddingHead(
-            self.backbone.feature_dim,
-            config.embedding_dim,
-            kind=config.head,
-            hidden_dim=config.hidden_dim,
-            learned_weight=config.learned_weight,
+            self.backbone.feature_dim, config.embedding_dim, config, classifier=self.backbone.imagenet_head()
         )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

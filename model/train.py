@@ -80,6 +80,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         head=args.head,
         hidden_dim=args.hidden_dim,
         learned_weight=args.learned_weight,
+        learned_dim=args.learned_dim,
+        # Class probabilities from an untrained classifier would be noise: only a pretrained one anchors.
+        class_weight=args.class_weight if not args.no_pretrained else 0.0,
         image_size=args.image_size,
         pretrained=not args.no_pretrained and args.backbone != "seed-cnn",
     )

@@ -21,8 +21,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--learned-weight",
         type=float,
-        default=0.5,
+        default=0.3,
         help="anchored head: share of the similarity given to the learnt half (0 = frozen backbone only)",
+    )
+    p.add_argument("--learned-dim", type=int, default=None, help="anchored head: dims of the learnt half (dim/8)")
+    p.add_argument(
+        "--class-weight",
+        type=float,
+        default=0.5,
+        help="anchored head: share of the frozen anchor given to the backbone's ImageNet class probabilities",
     )
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (seed-cnn always is)")

@@ -30,7 +30,7 @@ def test_the_encoder_is_shared_so_an_image_embeds_alike_on_either_side(tiny_mode
 def test_residual_head_starts_as_the_pca_projection() -> None:
     torch.manual_seed(0)
     features = torch.randn(200, 12) @ torch.randn(12, 12)
-    head = EmbeddingHead(12, 4, kind="residual", hidden_dim=8)
+    head = EmbeddingHead(12, 4, ModelConfig(head="residual", embedding_dim=4, hidden_dim=8))
     head.fit_pca(features)
     centred = (features - features.mean(0)).numpy()
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
@@ -41,26 +41,35 @@ def test_residual_head_starts_as_the_pca_projection() -> None:
     assert np.allclose(np.abs(got), np.abs(expected), atol=1e-4)
 
 
-def test_anchored_head_keeps_the_frozen_half_and_bounds_the_learnt_half() -> None:
+def test_anchored_head_keeps_the_frozen_anchor_and_bounds_the_learnt_half() -> None:
     torch.manual_seed(0)
     features = torch.randn(100, 12)
-    head = EmbeddingHead(12, 8, kind="anchored", hidden_dim=16, learned_weight=0.3)
+    classifier = torch.nn.Linear(12, 5)
+    config = ModelConfig(embedding_dim=8, learned_dim=3, hidden_dim=16, learned_weight=0.3, class_weight=0.5)
+    head = EmbeddingHead(12, 8, config, classifier=classifier)
     head.fit_pca(features)
     learnt = head(features)  # training mode: the learnt half alone, which the loss trains
-    assert learnt.shape == (100, 4) and torch.allclose(learnt.norm(dim=1), torch.ones(100), atol=1e-5)
+    assert learnt.shape == (100, 3) and torch.allclose(learnt.norm(dim=1), torch.ones(100), atol=1e-5)
     e = head.eval()(features)
-    anchor = torch.nn.functional.normalize(head.project(features - head.mean), dim=-1)
-    assert torch.allclose(e[:, :4], anchor * 0.7**0.5, atol=1e-5)
-    assert torch.allclose(e[:, 4:].norm(dim=1), torch.full((100,), 0.3**0.5), atol=1e-5)
-    assert not head.project.weight.requires_grad  # only the learnt half trains
+    assert e.shape == (100, 8) and torch.allclose(e.norm(dim=1), torch.ones(100), atol=1e-5)
+    # The anchor, computed by hand: unit centred features beside sqrt class probabilities, then the PCA.
+    unit = torch.nn.functional.normalize(features - features.mean(0), dim=-1)
+    probs = torch.nn.functional.normalize(classifier(features).softmax(-1).sqrt(), dim=-1)
+    raw = torch.cat([unit * 0.5**0.5, probs * 0.5**0.5], dim=1)
+    _, _, vt = torch.linalg.svd(raw - raw.mean(0), full_matrices=False)
+    expected = torch.nn.functional.normalize((raw - raw.mean(0)) @ vt[:5].T, dim=-1)
+    assert torch.allclose(e[:, :5].abs(), (expected * 0.7**0.5).abs(), atol=1e-4)  # PCA signs are arbitrary
+    assert not head.project.weight.requires_grad and not classifier.weight.requires_grad
     # Whatever the learnt half does, a cosine similarity moves by at most learned_weight from the anchor's.
-    sims, anchor_sims = e @ e.T, anchor @ anchor.T
-    assert torch.all((sims - 0.7 * anchor_sims).abs() <= 0.3 + 1e-5)
+    anchor = e[:, :5] / 0.7**0.5
+    assert torch.all((e @ e.T - 0.7 * anchor @ anchor.T).abs() <= 0.3 + 1e-5)
 
 
 def test_bad_model_options_fail_clearly() -> None:
     with pytest.raises(ValueError, match="Only anchored, residual, mlp"):
         ModelConfig(head="transformer")
+    with pytest.raises(ValueError, match="learned_dim"):
+        ModelConfig(embedding_dim=16, learned_dim=16)
     with pytest.raises(ValueError, match="Only efficientnet-lite0"):
         build_backbone("vgg99")
 
