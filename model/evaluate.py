@@ -31,6 +31,7 @@ class EvalResult:
     verification: dict[str, dict[str, float]] = field(default_factory=dict)
     baseline: dict[str, dict[str, float]] = field(default_factory=dict)
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # backbone features, for the validation loss
     baseline_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, list[str]] = field(default_factory=dict)
     pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -105,6 +106,7 @@ def evaluate_sets(
             features = compute_features(model.backbone, root, s.items, desc=s.name, **kw)  # type: ignore[arg-type]
         emb = model.head(features.to(device)).float().cpu().numpy()
         result.embeddings[s.name], result.labels[s.name] = emb, labels
+        result.features[s.name] = features
         result.pairs[s.name] = set_pairs(s, labels)
         if with_baseline:
             if reference is not None:

@@ -172,9 +172,15 @@ def train_one_epoch(
     return step, losses
 
 
-def validation_loss(result: Any, loss_fn: ContrastiveLoss) -> float:
-    """The contrastive loss on the first validation set's fixed evaluation pairs."""
+@torch.no_grad()
+def validation_loss(head: nn.Module, result: Any, loss_fn: ContrastiveLoss) -> float:
+    """The training loss on the first validation set's fixed pairs: the head in training mode, so that it is
+    the same quantity as the training curve (for the anchored head, the learnt half)."""
     for name, (i, j, y) in result.pairs.items():
-        emb = torch.from_numpy(result.embeddings[name])
+        was_training = head.training
+        head.train()
+        device = next(head.parameters()).device
+        emb = head(result.features[name].to(device)).float().cpu()
+        head.train(was_training)
         return float(loss_fn(euclidean_distance(emb[i], emb[j]), torch.from_numpy(y)))
     return float("nan")

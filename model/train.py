@@ -218,7 +218,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 progress=progress,
             )
             score = float(np.mean([v["map_at_r"] for v in val.retrieval.values()])) if val.retrieval else -float(step)
-            vloss = validation_loss(val, ContrastiveLoss(args.margin))
+            vloss = validation_loss(model.head, val, ContrastiveLoss(args.margin))
             history["val_loss"].append([step, vloss])
             history["val_score"].append([step, score])
             log.info(
