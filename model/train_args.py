@@ -51,7 +51,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--backbone-lr-scale", type=float, default=0.1, help="finetune: backbone lr = lr × this")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps with a linear warm-up")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
