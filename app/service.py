@@ -67,7 +67,7 @@ class Service:
         s = self.settings
         self.batcher = DynamicBatcher(
             self._forward,
-            max_batch=s.batch_max_size or (64 if self.device_type == "cuda" else 1),
+            max_batch=s.batch_max_size or (64 if self.device_type == "cuda" else 8),
             max_wait_s=s.batch_max_wait_ms / 1000,
             max_queue=s.queue_max,
             enabled=s.batching,

@@ -89,10 +89,12 @@ def run(quick: bool = False) -> str:
             "--m-per-class",
             "4",
         )
+        closed_seed = seed["closed"]
         lines.append(
-            f"`seed-cnn` from scratch (fine-tuning mode, 128 px, {SEED_CNN_STEPS} steps of 40 images: {seed_seconds:.0f} s on "
-            f"this CPU, about the default run's budget): closed-set Recall@1 {seed['closed']['recall_at_1']:.3f}, "
-            f"MAP@R {seed['closed']['map_at_r']:.3f}, pair ROC-AUC {seed['closed']['roc_auc']:.3f}."
+            f"`seed-cnn` from scratch (fine-tuning mode, 128 px, {SEED_CNN_STEPS} steps of 40 images: "
+            f"{seed_seconds:.0f} s on this CPU, about the default run's budget): closed-set Recall@1 "
+            f"{closed_seed['recall_at_1']:.3f}, MAP@R {closed_seed['map_at_r']:.3f}, "
+            f"pair ROC-AUC {closed_seed['roc_auc']:.3f}."
         )
     return "\n".join(lines) + "\n"
 

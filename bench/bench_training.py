@@ -94,7 +94,7 @@ def run(quick: bool = False) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for name, rate, ratio in rows:
-        lines.append(f"| {name} | {rate:.2f} | {rate * batch:,.0f} | {epoch_steps / rate:,.0f} s | {ratio:.4f}x |")
+        lines.append(f"| {name} | {rate:.2f} | {rate * batch:,.0f} | {epoch_steps / rate:,.1f} s | {ratio:.4f}x |")
     lines.append("")
     lines.append(
         "Fine-tuning also decodes and augments every image each step; cached-feature mode pays decoding "

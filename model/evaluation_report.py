@@ -118,6 +118,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(
         "baseline = the frozen pretrained backbone's pooled features (unit length); eer lower is better"
     )
+    lines.append(
+        "accuracy: trained at the checkpoint's threshold (calibrated at training time); baseline at a threshold "
+        "calibrated on these very pairs (optimistic)"
+    )
     lines.append(f"plots: {report['plots']}/roc.png, distances.png, montage.png")
     return "\n".join(lines)
 
