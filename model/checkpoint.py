@@ -110,9 +110,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"Checkpoint {path} is not an imgsim checkpoint of format {FORMAT_VERSION}.")
     # The weights come from the file, so the pretrained ones need not be fetched again.
-    config = ModelConfig(**{**payload["model_args"], "pretrained": False})
-    model = SiameseNetwork(config)
-    model.load_state_dict(payload["model"])
+    try:
+        config = ModelConfig(**{**payload["model_args"], "pretrained": False})
+        model = SiameseNetwork(config)
+        model.load_state_dict(payload["model"])
+    except (TypeError, RuntimeError) as exc:  # unknown model arguments, or weights of another architecture
+        raise ValueError(
+            f"Checkpoint {path} was written by an incompatible version of imgsim ({exc}). "
+            "Train it again with `imgsim train`."
+        ) from exc
     model.config = ModelConfig(**payload["model_args"])
     model.eval()
     known = {

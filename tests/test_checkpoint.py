@@ -37,6 +37,18 @@ def test_damaged_or_missing_checkpoint_fails_clearly(tmp_path: Path, tiny_checkp
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_checkpoint_of_another_architecture_fails_clearly(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    del payload["model"]["head.anchor_mean"]
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="incompatible version of imgsim"):
+        load_checkpoint(tmp_path / "old.pt")
+    payload["model_args"]["layers"] = 3
+    torch.save(payload, tmp_path / "unknown.pt")
+    with pytest.raises(ValueError, match="Train it again"):
+        load_checkpoint(tmp_path / "unknown.pt")
+
+
 def test_save_leaves_no_temporary_files(tmp_path: Path, tiny_model: SiameseNetwork) -> None:
     save_checkpoint(Checkpoint(tiny_model), tmp_path / "best.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
