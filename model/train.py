@@ -92,55 +92,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     # Inputs of the loop: cached features (frozen) or images (finetune).
     cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
     progress = not args.no_progress and rank == 0
-    feature_kw = dict(image_size=config.image_size, num_workers=args.workers, device=device, progress=progress)
-    if args.mode == "frozen":
-        model.backbone.requires_grad_(False)
-        if rank != 0:
-            dist.barrier()  # rank 0 computes and caches the features; the others then read the cache
-        train_inputs = cached_features(
-            model.backbone,
-            config.backbone,
-            gallery.root,
-            splits.train,
-            cache_dir,
-            desc="features (train)",
-            **feature_kw,
-        )
-        if rank == 0 and world > 1:
-            dist.barrier()
-        if not args.resume:
-            model.head.fit_pca(train_inputs.to(device))
-    else:
-        train_inputs = None
-        if config.pretrained and not args.resume:
-            with torch.inference_mode():
-                sample = cached_features(
-                    model.backbone,
-                    config.backbone,
-                    gallery.root,
-                    splits.train[::4],
-                    cache_dir,
-                    desc="features (PCA init)",
-                    **feature_kw,
-                )
-            model.head.fit_pca(sample.to(device))
-
+    train_inputs = _prepare_head(model, args, gallery.root, splits.train, cache_dir, device, rank, world, progress)
     train_labels = [i.label for i in splits.train]
     batches = PairBatches.create(args, train_labels, rank=rank, world_size=world)
     steps_per_epoch = args.steps_per_epoch or len(batches)
     total_steps = args.max_steps or steps_per_epoch * args.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
 
-    head_params = [p for p in model.head.parameters() if p.requires_grad]
-    groups: list[dict[str, Any]] = [{"params": head_params, "lr": args.lr}]
-    if args.mode == "finetune":
-        groups.append({"params": list(model.backbone.parameters()), "lr": args.lr * args.backbone_lr_scale})
-    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    warmup = max(1, int(total_steps * args.warmup))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
-    )
+    optimizer, scheduler = _optimizer(model, args, total_steps)
     history: dict[str, list[Any]]
     start_epoch, step, history = 0, 0, {"steps": [], "train_loss": [], "val_loss": [], "val_score": []}
     best_score, stale = -math.inf, 0
@@ -278,6 +237,58 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         dist.barrier()
         dist.destroy_process_group()
     return metrics
+
+
+def _prepare_head(
+    model: SiameseNetwork,
+    args: argparse.Namespace,
+    root: Path,
+    train_items: list[Any],
+    cache_dir: Path,
+    device: torch.device,
+    rank: int,
+    world: int,
+    progress: bool,
+) -> torch.Tensor | None:
+    """Frozen mode: freeze the backbone and return the training features (cached). Both modes: start the
+    head's frozen projection at the PCA of the pretrained features (unless resuming)."""
+    config = model.config
+    kw = dict(image_size=config.image_size, num_workers=args.workers, device=device, progress=progress)
+    if args.mode == "frozen":
+        model.backbone.requires_grad_(False)
+        if rank != 0:
+            dist.barrier()  # rank 0 computes and caches the features; the others then read the cache
+        features = cached_features(
+            model.backbone, config.backbone, root, train_items, cache_dir, desc="features (train)", **kw
+        )
+        if rank == 0 and world > 1:
+            dist.barrier()
+        if not args.resume:
+            model.head.fit_pca(features.to(device))
+        return features
+    if config.pretrained and not args.resume:
+        sample = cached_features(
+            model.backbone, config.backbone, root, train_items[::4], cache_dir, desc="features (PCA init)", **kw
+        )
+        model.head.fit_pca(sample.to(device))
+    return None
+
+
+def _optimizer(
+    model: SiameseNetwork, args: argparse.Namespace, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (the backbone at a lower rate when fine-tuning), linear warm-up then cosine decay."""
+    head_params = [p for p in model.head.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": head_params, "lr": args.lr}]
+    if args.mode == "finetune":
+        groups.append({"params": list(model.backbone.parameters()), "lr": args.lr * args.backbone_lr_scale})
+    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+    warmup = max(1, int(total_steps * args.warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
+    )
+    return optimizer, scheduler
 
 
 def selection_score(retrieval: dict[str, dict[str, float]], step: int) -> float:

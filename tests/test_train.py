@@ -234,3 +234,17 @@ def test_ddp_with_two_cpu_processes(synthetic_gallery: Path, tmp_path: Path) -> 
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt.extra == {} and (run / "metrics.json").is_file()
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_finetune_mode_trains_a_pretrained_backbone(synthetic_gallery: Path, tmp_path: Path) -> None:
+    run = tmp_path / "finetune"
+    args = ["train", "--data", str(synthetic_gallery), "--out", str(run), "--mode", "finetune", "--image-size", "64",
+            "--embedding-dim", "16", "--hidden-dim", "32", "--m-per-class", "4", "--workers", "0", "--no-progress",
+            "--max-steps", "2", "--lr", "1e-2"]  # fmt: skip
+    assert main(args) == 0
+    from model.backbones import build_backbone
+
+    trained = load_checkpoint(run / "best.pt").model.backbone.state_dict()
+    pretrained = build_backbone("efficientnet-lite0", pretrained=True).state_dict()
+    changed = [k for k, v in trained.items() if v.is_floating_point() and not torch.equal(v, pretrained[k])]
+    assert changed, "fine-tuning left every backbone weight as it was"
