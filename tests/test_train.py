@@ -35,29 +35,18 @@ TINY = [
     "0",
     "--no-progress",
 ]
+# The pretrained efficientnet-lite0 on small images: frozen and fine-tuning tests.
+SMALL = ["--image-size", "64", "--embedding-dim", "16", "--hidden-dim", "32", "--m-per-class", "4", "--workers", "0"]
+
+
+def train_argv(gallery: Path, out: Path, *options: str) -> list[str]:
+    return ["train", "--data", str(gallery), "--out", str(out), *options]
 
 
 def test_train_eval_reload_end_to_end(synthetic_gallery: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(synthetic_gallery),
-                "--out",
-                str(run),
-                *TINY,
-                "--epochs",
-                "2",
-                "--steps-per-epoch",
-                "3",
-                "--num-open-classes",
-                "1",
-            ]
-        )
-        == 0
-    )
+    options = [*TINY, "--epochs", "2", "--steps-per-epoch", "3", "--num-open-classes", "1"]
+    assert main(train_argv(synthetic_gallery, run, *options)) == 0
     for name in ("best.pt", "last.pt", "loss.png", "metrics.json"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
@@ -94,20 +83,7 @@ def test_train_eval_reload_end_to_end(synthetic_gallery: Path, tmp_path: Path, c
 
 def test_training_lowers_the_loss_and_resume_continues(synthetic_gallery: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    common = [
-        "train",
-        "--data",
-        str(synthetic_gallery),
-        "--out",
-        str(run),
-        *TINY,
-        "--steps-per-epoch",
-        "4",
-        "--lr",
-        "3e-3",
-        "--patience",
-        "10",
-    ]
+    common = train_argv(synthetic_gallery, run, *TINY, "--steps-per-epoch", "4", "--lr", "3e-3", "--patience", "10")
     assert main([*common, "--epochs", "1"]) == 0
     first = torch.load(run / "last.pt", weights_only=True)
     assert main([*common, "--epochs", "3", "--resume"]) == 0
@@ -118,59 +94,15 @@ def test_training_lowers_the_loss_and_resume_continues(synthetic_gallery: Path, 
 
 
 def test_article_pair_sampler_trains(synthetic_gallery: Path, tmp_path: Path) -> None:
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(synthetic_gallery),
-                "--out",
-                str(tmp_path / "r"),
-                *TINY,
-                "--sampler",
-                "article",
-                "--pairs-per-class",
-                "4",
-                "--batch-size",
-                "8",
-                "--max-steps",
-                "2",
-            ]
-        )
-        == 0
-    )
+    options = ["--sampler", "article", "--pairs-per-class", "4", "--batch-size", "8", "--max-steps", "2"]
+    assert main(train_argv(synthetic_gallery, tmp_path / "r", *TINY, *options)) == 0
     assert load_checkpoint(tmp_path / "r" / "best.pt").extra == {}
 
 
 def test_frozen_mode_trains_the_head_only_on_cached_features(synthetic_gallery: Path, tmp_path: Path) -> None:
     run = tmp_path / "frozen"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(synthetic_gallery),
-                "--out",
-                str(run),
-                "--mode",
-                "frozen",
-                "--image-size",
-                "64",
-                "--embedding-dim",
-                "16",
-                "--hidden-dim",
-                "32",
-                "--m-per-class",
-                "4",
-                "--workers",
-                "0",
-                "--no-progress",
-                "--max-steps",
-                "3",
-            ]
-        )
-        == 0
-    )
+    options = ["--mode", "frozen", *SMALL, "--no-progress", "--max-steps", "3"]
+    assert main(train_argv(synthetic_gallery, run, *options)) == 0
     assert list((run / "cache").glob("features-*.pt"))
     trained = load_checkpoint(run / "best.pt").model
     from model.backbones import build_backbone
@@ -196,8 +128,7 @@ def test_frozen_mode_trains_the_head_only_on_cached_features(synthetic_gallery: 
 def test_bad_options_fail_with_clear_messages(
     synthetic_gallery: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
 ) -> None:
-    args = ["train", "--data", str(synthetic_gallery), "--out", str(tmp_path / "r"), *TINY, *extra]
-    assert main(args) == 2
+    assert main(train_argv(synthetic_gallery, tmp_path / "r", *TINY, *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("imgsim train: error:")
     assert re.search(message, err), err
@@ -238,10 +169,8 @@ def test_ddp_with_two_cpu_processes(synthetic_gallery: Path, tmp_path: Path) -> 
 
 def test_finetune_mode_trains_a_pretrained_backbone(synthetic_gallery: Path, tmp_path: Path) -> None:
     run = tmp_path / "finetune"
-    args = ["train", "--data", str(synthetic_gallery), "--out", str(run), "--mode", "finetune", "--image-size", "64",
-            "--embedding-dim", "16", "--hidden-dim", "32", "--m-per-class", "4", "--workers", "0", "--no-progress",
-            "--max-steps", "2", "--lr", "1e-2"]  # fmt: skip
-    assert main(args) == 0
+    options = ["--mode", "finetune", *SMALL, "--no-progress", "--max-steps", "2", "--lr", "1e-2"]
+    assert main(train_argv(synthetic_gallery, run, *options)) == 0
     from model.backbones import build_backbone
 
     trained = load_checkpoint(run / "best.pt").model.backbone.state_dict()
