@@ -13,7 +13,7 @@ from fastapi import Depends, Security
 from fastapi.security import APIKeyHeader
 
 from app.errors import ServiceError
-from app.settings import Settings, get_settings
+from app.settings import Settings, app_settings
 
 API_KEY_HEADER = "X-API-Key"
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="read or write API key")
@@ -43,12 +43,12 @@ def _check(settings: Settings, key: str | None, scope: str) -> None:
 
 
 def require_read(
-    settings: Annotated[Settings, Depends(get_settings)], key: Annotated[str | None, Security(api_key_header)]
+    settings: Annotated[Settings, Depends(app_settings)], key: Annotated[str | None, Security(api_key_header)]
 ) -> None:
     _check(settings, key, "read")
 
 
 def require_write(
-    settings: Annotated[Settings, Depends(get_settings)], key: Annotated[str | None, Security(api_key_header)]
+    settings: Annotated[Settings, Depends(app_settings)], key: Annotated[str | None, Security(api_key_header)]
 ) -> None:
     _check(settings, key, "write")

@@ -11,7 +11,7 @@ from app.auth import require_read, require_write
 from app.errors import ServiceError, too_large
 from app.metrics import Metrics
 from app.service import Service, Upload
-from app.settings import Settings, get_settings
+from app.settings import Settings, app_settings
 
 
 @dataclass
@@ -44,7 +44,7 @@ def get_service(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Service:
     return runtime.service
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ServiceDep = Annotated[Service, Depends(get_service)]
 ReadAccess = Depends(require_read)

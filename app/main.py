@@ -55,8 +55,7 @@ async def _load_in_background(app: FastAPI, settings: Settings, runtime: Runtime
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # Through dependency_overrides, so tests that override get_settings configure the lifespan too.
-    settings = app.dependency_overrides.get(get_settings, get_settings)()
+    settings: Settings = app.state.settings
     runtime: Runtime = app.state.runtime
     runtime.draining = False
     loader = asyncio.create_task(_load_in_background(app, settings, runtime))
@@ -75,9 +74,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="imgsim", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
-    if settings is not None:
-        app.dependency_overrides[get_settings] = lambda: settings
-    body_cap = (settings or get_settings()).max_body_bytes
+    app.state.settings = settings = settings or get_settings()
+    body_cap = settings.max_body_bytes
     app.state.runtime = Runtime()
     install_error_handlers(app)
     for router in (health.router, compare.router, search.router, gallery.router, page.router):
