@@ -92,12 +92,13 @@ class Service:
 
     # -- embedding ------------------------------------------------------------------------------------------
     def _prepare(self, image: Image.Image) -> Any:
-        """Per-request preprocessing, done in the request's thread so the model thread only runs the model."""
-        return self.embedder.preset(image) if self._tensor_path else image
+        """Per-request geometry (resize, crop, on uint8) in the request's thread; the model thread converts
+        the whole batch to float at once and runs the model."""
+        return self.embedder.preset.crop(image) if self._tensor_path else image
 
     def _forward(self, items: list[Any]) -> np.ndarray:
         if self._tensor_path:
-            return self.embedder.embed_tensors(torch.stack(items))
+            return self.embedder.embed_tensors(self.embedder.preset.normalise(torch.stack(items)))
         return self.embedder.embed_images(items)
 
     def decode(self, upload: Upload, draft_size: int | None) -> Image.Image:

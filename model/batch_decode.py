@@ -1,8 +1,8 @@
 """Files -> normalised batches for the encoder, decoded by a thread pool ahead of the forward pass.
 
 Each file goes through :func:`model.images.load_image` (sniffing, pixel cap, ``draft``, EXIF, RGB), then the
-eval preset's exact steps: resize and centre-crop on uint8 (4x less memory traffic than float), then one
-float conversion and normalisation per batch. The numbers equal ``EvalPreset`` bit for bit.
+eval preset's two steps: ``crop`` (resize and centre-crop on uint8) per file, then one ``normalise`` per batch.
+The numbers equal ``EvalPreset`` bit for bit.
 
 Threads, not processes: Pillow's JPEG decoder and torch's resize release the GIL, so threads decode in
 parallel without worker start-up or pickling, and the batches stay in shared memory.
@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from model.images import ImageError, load_image
-from model.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset
+from model.presets import EvalPreset
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +33,8 @@ class DecodedBatch:
     failures: dict[int, str] = field(default_factory=dict)
 
 
-def crop_uint8(image_tensor: torch.Tensor, preset: EvalPreset) -> torch.Tensor:
-    """(3, h, w) uint8 -> (3, s, s) uint8: the eval preset's resize and centre crop."""
-    resized = TF.resize(image_tensor, [preset.resize_size], antialias=True)
-    return TF.center_crop(resized, [preset.image_size])
-
-
-def normalise(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 (n, 3, s, s) -> float32 normalised, the same operations as ToDtype(scale) + Normalize."""
-    x = batch.float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
-
-
 def decode_one(path: Path, preset: EvalPreset) -> torch.Tensor:
-    image = load_image(path, draft_size=preset.resize_size)
-    return crop_uint8(TF.pil_to_tensor(image), preset)
+    return preset.crop(load_image(path, draft_size=preset.resize_size))
 
 
 def decode_batch(paths: Sequence[Path], start: int, preset: EvalPreset) -> DecodedBatch:
@@ -62,7 +46,7 @@ def decode_batch(paths: Sequence[Path], start: int, preset: EvalPreset) -> Decod
             ok.append(start + k)
         except (ImageError, OSError) as exc:
             failures[start + k] = f"{type(exc).__name__}: {exc}"
-    images = normalise(torch.stack(crops)) if crops else torch.zeros(0, 3, preset.image_size, preset.image_size)
+    images = preset.normalise(torch.stack(crops)) if crops else torch.zeros(0, 3, preset.image_size, preset.image_size)
     return DecodedBatch(start, images, ok, failures)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from model.batch_decode import DecodedBatch, crop_uint8, decode_one, normalise
+from model.batch_decode import DecodedBatch, decode_one
 from model.images import ALLOWED_FORMATS, MAX_PIXELS, ImageError
 from model.presets import EvalPreset
 
@@ -42,9 +42,7 @@ def gpu_decodable(data: bytes) -> bool:
         return False
 
 
-def decode_batch_cuda(
-    paths: Sequence[Path], start: int, preset: EvalPreset, device: torch.device
-) -> DecodedBatch:
+def decode_batch_cuda(paths: Sequence[Path], start: int, preset: EvalPreset, device: torch.device) -> DecodedBatch:
     """Like :func:`model.batch_decode.decode_batch`, with JPEGs decoded on ``device``."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -72,14 +70,14 @@ def decode_batch_cuda(
                 warnings.simplefilter("ignore", DeprecationWarning)
                 decoded = decode_jpeg(gpu_data, mode=ImageReadMode.RGB, device=device)
             for i, image in zip(gpu_idx, decoded, strict=True):
-                crops[i] = crop_uint8(image, preset)
+                crops[i] = preset.crop(image)
         except RuntimeError as exc:  # nvJPEG refuses some valid files (e.g. rare subsamplings)
             log.debug("GPU JPEG decode failed (%s); decoding this batch on the CPU", exc)
             for i in gpu_idx:
                 _decode_on_cpu(paths[i - start], i, preset, device, crops, failures)
     ok = sorted(crops)
     if ok:
-        images = normalise(torch.stack([crops[i] for i in ok]))
+        images = preset.normalise(torch.stack([crops[i] for i in ok]))
     else:
         images = torch.zeros(0, 3, preset.image_size, preset.image_size, device=device)
     return DecodedBatch(start, images, ok, failures)
