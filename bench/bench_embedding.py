@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -27,12 +28,13 @@ import torch
 from model.batch_decode import iter_batches
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.embedder import Embedder
-from model.engines import cpu_count
+from model.engines import OnnxEngine, cpu_count
 from model.metrics import retrieval_metrics
 from model.network import ModelConfig, SiameseNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
 DOGS = Path(os.environ.get("IMGSIM_DOGS", ROOT.parent / "shared" / "data" / "dogs"))
+CHUNK = 32  # images per model call on the CPU, as in Embedder.embed_files
 
 
 def bench_checkpoint() -> Path:
@@ -61,6 +63,20 @@ def measure(fn: Callable[[], object], n_images: int, repeats: int) -> dict[str, 
         rates.append(n_images / (time.perf_counter() - w0))
         cpu.append((time.process_time() - c0) / n_images)
     return {"ips": statistics.median(rates), "cpu_ms": 1000 * statistics.median(cpu)}
+
+
+def forward_in_workers(embedder: Embedder, decoded: list[torch.Tensor], workers: int) -> None:
+    """The model calls of ``embed_files`` on the CPU (``workers`` threads, one single-threaded call each)."""
+    engine = embedder.engine
+    assert isinstance(engine, OnnxEngine), "the CPU fast path is ONNX Runtime"
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(engine.run_single_threaded, decoded))
+
+
+def decoder_threads_then_model(embedder: Embedder, photos: list[Path]) -> None:
+    """The other design: decoder threads work ahead of one model call at a time that uses every core."""
+    for batch in iter_batches(photos, embedder.preset, 64, workers=cpu_count(), prefetch=cpu_count()):
+        embedder.embed_tensors(batch.images)
 
 
 def cosine_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -98,14 +114,16 @@ def run(quick: bool = False) -> str:
     fast = Embedder(ckpt, device="cpu", engine="auto")
     ref = Embedder(ckpt, device="cpu", engine="torch")
     preset = fast.preset
-    decoded = [b.images for b in iter_batches(photos, preset, 64, workers=cpu_count())]
+    decoded = [b.images for b in iter_batches(photos, preset, CHUNK, workers=cpu_count())]
     fast.embed_files(photos[:64], progress=False)  # warm-up: ORT allocations, page cache
+    workers = cpu_count() + 1  # embed_files' default on the CPU
 
     rows: dict[str, dict[str, float]] = {}
     rows["fast end-to-end"] = measure(lambda: fast.embed_files(photos, progress=False), len(photos), repeats)
-    rows["fast forward-only"] = measure(lambda: [fast.embed_tensors(b) for b in decoded], len(photos), repeats)
+    # Forward-only in the same arrangement as end-to-end: the same workers and chunks, the decoding taken out.
+    rows["fast forward-only"] = measure(lambda: forward_in_workers(fast, decoded, workers), len(photos), repeats)
     rows["decode only (threads)"] = measure(
-        lambda: list(iter_batches(photos, preset, 64, workers=cpu_count())), len(photos), repeats
+        lambda: list(iter_batches(photos, preset, CHUNK, workers=cpu_count())), len(photos), repeats
     )
     ref_result = ref.embed_files(ref_photos, progress=False)  # also warms up
     rows["eager PyTorch end-to-end"] = measure(
@@ -116,13 +134,19 @@ def run(quick: bool = False) -> str:
 
     tuning: dict[str, dict[str, float]] = {}
     if not quick:
-        for workers in (1, 2, 4):
-            tuning[f"{workers} decode threads, ORT no spin"] = measure(
-                partial(fast.embed_files, photos, num_workers=workers, progress=False), len(photos), few
+        for n in (2, 3, 4):
+            tuning[f"{n} workers, each decoding and running a 1-thread model"] = measure(
+                partial(fast.embed_files, photos, num_workers=n, progress=False), len(photos), few
             )
+        tuning["forward-only, one call at a time with every core inside it"] = measure(
+            lambda: [fast.embed_tensors(b) for b in decoded], len(photos), few
+        )
+        tuning[f"{cpu_count()} decoder threads ahead of one call at a time (the CUDA design), ORT no spin"] = measure(
+            lambda: decoder_threads_then_model(fast, photos), len(photos), few
+        )
         spin = Embedder(ckpt, device="cpu", engine="onnx", spin=True)
-        tuning["2 decode threads, ORT spinning"] = measure(
-            lambda: spin.embed_files(photos, num_workers=2, progress=False), len(photos), few
+        tuning[f"{cpu_count()} decoder threads ahead of one call at a time, ORT spinning"] = measure(
+            lambda: decoder_threads_then_model(spin, photos), len(photos), few
         )
 
     # Neutrality: the fast path's embeddings of the reference's photos, and Recall@1 of both.
@@ -143,7 +167,8 @@ def run(quick: bool = False) -> str:
         f"Load average {load_before:.1f} before, {load_after:.1f} after (other processes share the cores).",
         "",
         f"Fast engine: `{fast.engine_name}`; {n_fast} photos for the fast path, {n_ref} for eager PyTorch; "
-        f"batch 64; medians of {repeats} repeats ({few} for eager PyTorch and tuning). "
+        f"{CHUNK} images per model call, {workers} workers; medians of {repeats} repeats ({few} for eager PyTorch "
+        "and tuning). "
         "CPU ms/img is this process's CPU time per image.",
         "",
         f"Idle-machine projection: {cpu_count()} cores x 1000 / CPU ms/img, what the same work would reach "

@@ -9,7 +9,7 @@ end-to-end speed approaches forward-only speed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from model.batch_decode import iter_batches
 from model.checkpoint import Checkpoint, load_checkpoint
-from model.engines import Engine, build_engine, cpu_count
+from model.engines import Engine, OnnxEngine, build_engine, cpu_count
+from model.parallel_embed import EmbeddedChunk, embed_in_workers
 from model.presets import EvalPreset
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,33 @@ class Embedder:
         num_workers: int | None = None,
         progress: bool = True,
     ) -> EmbedResult:
-        """Embed files in batches with decoder threads working ahead; unreadable files are reported.
+        """Embed files with decoding overlapping the model; unreadable files are reported, not raised.
 
-        ``num_workers`` decoder threads (default: one per core, at most 8; 0 decodes inline).
+        With ONNX Runtime (the CPU default), ``num_workers`` threads (default: one per core plus one, at most 8)
+        each decode a chunk and run the model on it; otherwise ``num_workers`` decoder threads (default: one
+        per core, at most 8) work ahead of one model. 0 decodes inline.
         """
         files = [Path(p) for p in paths]
-        workers = min(cpu_count(), 8) if num_workers is None else num_workers
+        chunks, ok, failures = [], [], {}
+        with tqdm(total=len(files), desc="embedding", unit="img", disable=not progress) as bar:
+            for part in self._embedded_chunks(files, batch_size, num_workers):
+                failures.update(part.failures)
+                if part.ok:
+                    chunks.append(part.embeddings)
+                    ok.extend(part.ok)
+                bar.update(part.size)
+        for i, err in sorted(failures.items()):
+            log.warning("skipped %s: %s", files[i], err)
+        embeddings = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
+        return EmbedResult(embeddings, ok, failures)
+
+    def _embedded_chunks(self, files: list[Path], batch_size: int, workers: int | None) -> Iterator[EmbeddedChunk]:
+        if isinstance(self.engine, OnnxEngine) and workers != 0:
+            workers = min(cpu_count() + 1, 8) if workers is None else workers
+            chunk = min(batch_size, 32)  # enough chunks for every worker, and no long tail at the end
+            yield from embed_in_workers(files, self.preset, self.engine.run_single_threaded, workers, chunk)
+            return
+        workers = min(cpu_count(), 8) if workers is None else workers
         decode = None
         if self.gpu_decode:
             from model.gpu_decode import decode_batch_cuda
@@ -117,16 +139,6 @@ class Embedder:
             chunk=batch_size if decode is not None else 8,
             decode=decode,
         )
-        chunks, ok, failures = [], [], {}
-        with tqdm(total=len(files), desc="embedding", unit="img", disable=not progress) as bar:
-            for batch in batches:
-                failures.update(batch.failures)
-                if batch.ok:
-                    chunks.append(self.embed_tensors(batch.images))
-                    ok.extend(batch.ok)
-                bar.update(len(batch.ok) + len(batch.failures))
-        for i, err in sorted(failures.items()):
-            log.warning("skipped %s: %s", files[i], err)
-        embeddings = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
-        return EmbedResult(embeddings, ok, failures)
-
+        for batch in batches:
+            embeddings = self.embed_tensors(batch.images) if batch.ok else np.zeros((0, self.dim), np.float32)
+            yield EmbeddedChunk(embeddings, batch.ok, batch.failures)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -124,6 +125,8 @@ class OnnxEngine:
             if session is None:
                 raise RuntimeError(f"The ONNX export {self.path} does not match PyTorch; use --engine torch.")
         self.session: ort.InferenceSession = session
+        self._single: ort.InferenceSession | None = None
+        self._lock = threading.Lock()
 
     def _open_verified(self, ckpt: Checkpoint, options: object) -> object | None:
         """The session if the file loads and matches eager PyTorch, else None (the caller re-exports)."""
@@ -141,8 +144,22 @@ class OnnxEngine:
         return session
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        return self.session.run(None, {INPUT_NAME: x})[0]
+        return self.session.run(None, {INPUT_NAME: _as_input(batch)})[0]
+
+    def run_single_threaded(self, batch: torch.Tensor) -> np.ndarray:
+        """``self(batch)`` on a second session with one intra-op thread, for callers that run one call per core
+        at once (see :mod:`model.parallel_embed`). ORT sessions are thread-safe; this one opens on first use."""
+        with self._lock:
+            if self._single is None:
+                import onnxruntime as ort
+
+                options = session_options(threads=1)
+                self._single = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        return self._single.run(None, {INPUT_NAME: _as_input(batch)})[0]
+
+
+def _as_input(batch: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
 
 
 def onnxruntime_available() -> bool:

@@ -72,12 +72,19 @@ def test_gpu_decoder_path_agrees_with_the_cpu_path(mixed_files: list[Path]) -> N
     assert (got.images - want.images).abs().max() <= 3 / 255 / 0.224
 
 
-def test_embed_files_reports_failures_and_matches_embed_images(tiny_checkpoint: Path, mixed_files: list[Path]) -> None:
-    embedder = Embedder(tiny_checkpoint, device="cpu", engine="torch")
-    result = embedder.embed_files(mixed_files, batch_size=4, num_workers=2, progress=False)
+@pytest.mark.parametrize(("engine", "workers"), [("torch", 2), ("torch", 0), ("onnx", 3), ("onnx", None)])
+def test_embed_files_reports_failures_and_matches_embed_images(
+    tiny_checkpoint: Path, mixed_files: list[Path], engine: str, workers: int | None
+) -> None:
+    """Both designs (decoder threads ahead of the model; ONNX workers that decode and run the model) keep the
+    input order, report the bad files and give the reference embeddings."""
+    embedder = Embedder(tiny_checkpoint, device="cpu", engine=engine)
+    result = embedder.embed_files(mixed_files, batch_size=4, num_workers=workers, progress=False)
     assert set(result.failures) == {4, len(mixed_files) - 1}
+    assert result.ok == [i for i in range(len(mixed_files)) if i not in result.failures]
     images = [load_image(mixed_files[i], draft_size=embedder.preset.resize_size) for i in result.ok]
-    np.testing.assert_allclose(result.embeddings, embedder.embed_images(images), atol=1e-5)
+    reference = Embedder(tiny_checkpoint, device="cpu", engine="torch").embed_images(images)
+    np.testing.assert_allclose(result.embeddings, reference, atol=1e-4)
     assert embedder.embed_files([], progress=False).embeddings.shape == (0, embedder.dim)
 
 
