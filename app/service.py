@@ -25,6 +25,7 @@ from app.metrics import Metrics
 from app.schemas import ModelInfo, SearchHit
 from app.settings import Settings
 from index import GalleryIndex, Hit
+from model.batch_decode import decode_tensor
 from model.embedder import Embedder
 from model.images import ImageError, load_image
 
@@ -60,7 +61,7 @@ class Service:
     embedder: Embedder
     index: GalleryIndex
     metrics: Metrics
-    batcher: DynamicBatcher[Any] = field(init=False)
+    batcher: DynamicBatcher[torch.Tensor] = field(init=False)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -74,7 +75,6 @@ class Service:
             on_batch=self.metrics.batch_size.observe,
         )
         self.metrics.bind(lambda: self.batcher.depth, lambda: self.index.count)
-        self._tensor_path = hasattr(self.embedder, "embed_tensors") and hasattr(self.embedder, "preset")
 
     @property
     def device_type(self) -> str:
@@ -91,33 +91,37 @@ class Service:
         )
 
     # -- embedding ------------------------------------------------------------------------------------------
-    def _prepare(self, image: Image.Image) -> Any:
-        """Per-request geometry (resize, crop, on uint8) in the request's thread; the model thread converts
-        the whole batch to float at once and runs the model."""
-        return self.embedder.preset.crop(image) if self._tensor_path else image
-
-    def _forward(self, items: list[Any]) -> np.ndarray:
-        if self._tensor_path:
-            return self.embedder.embed_tensors(self.embedder.preset.normalise(torch.stack(items)))
-        return self.embedder.embed_images(items)
+    def _forward(self, crops: list[torch.Tensor]) -> np.ndarray:
+        """The model thread: the whole batch to float at once, then the model."""
+        return self.embedder.embed_tensors(self.embedder.preset.normalise(torch.stack(crops)))
 
     def decode(self, upload: Upload, draft_size: int | None) -> Image.Image:
-        if len(upload.data) > self.settings.max_upload_bytes:
-            raise too_large(self.settings.max_upload_bytes)
+        """An upload as a Pillow image (for storing it); bad bytes become their 4xx."""
+        self._check_size(upload)
         try:
             return load_image(upload.data, draft_size=draft_size, max_pixels=self.settings.max_pixels)
         except ImageError as exc:
             raise image_error(exc, upload.field) from exc
 
-    def _decode_prepare(self, uploads: list[Upload]) -> list[Any]:
-        size = getattr(getattr(self.embedder, "preset", None), "resize_size", None)
-        return [self._prepare(self.decode(u, size)) for u in uploads]
+    def _crop(self, upload: Upload) -> torch.Tensor:
+        """Per-request work in the request's thread: decode straight to a tensor, resize and crop on uint8."""
+        self._check_size(upload)
+        preset = self.embedder.preset
+        try:
+            image = decode_tensor(upload.data, draft_size=preset.resize_size, max_pixels=self.settings.max_pixels)
+        except ImageError as exc:
+            raise image_error(exc, upload.field) from exc
+        return preset.crop(image)
+
+    def _check_size(self, upload: Upload) -> None:
+        if len(upload.data) > self.settings.max_upload_bytes:
+            raise too_large(self.settings.max_upload_bytes)
 
     async def embed(self, uploads: list[Upload]) -> np.ndarray:
         """Uploads -> unit embeddings (n, d): decoded in a worker thread, embedded through the shared batcher."""
         try:
             with self.batcher.admit(len(uploads)):
-                items = await to_thread.run_sync(self._decode_prepare, uploads)
+                items = await to_thread.run_sync(lambda: [self._crop(u) for u in uploads])
                 vectors = await self.batcher.submit(items)
         except QueueFullError as exc:
             self.metrics.rejected.inc()

@@ -10,7 +10,9 @@ parallel without worker start-up or pickling, and the batches stay in shared mem
 
 from __future__ import annotations
 
+import io
 import logging
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,11 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as TF
 
-from model.images import ImageError, load_image
+from model.images import ALLOWED_FORMATS, MAX_PIXELS, ImageError, load_image
 from model.presets import EvalPreset
 
 log = logging.getLogger(__name__)
+
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -33,8 +40,41 @@ class DecodedBatch:
     failures: dict[int, str] = field(default_factory=dict)
 
 
+def plain_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | None:
+    """The size of a JPEG that libjpeg decodes to exactly what ``load_image`` gives before ``draft`` (RGB or
+    greyscale, no EXIF rotation, within the pixel cap), read from the header alone; None for anything else."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+            w, h = im.size
+            plain = (
+                im.format == "JPEG"
+                and im.mode in ("RGB", "L")
+                and 0 < w * h <= max_pixels
+                and im.getexif().get(EXIF_ORIENTATION, 1) == 1
+            )
+            return (w, h) if plain else None
+    except Exception:  # anything odd is left to load_image, which reports it properly
+        return None
+
+
+def decode_tensor(data: bytes, draft_size: int | None = None, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Image bytes -> (3, h, w) uint8, equal to ``pil_to_tensor(load_image(data, draft_size=...))``.
+
+    A plain JPEG that ``draft`` would not shrink is decoded by torchvision straight into a tensor (the same
+    libjpeg-turbo, identical pixels, about a third less time than Pillow plus the conversion to a tensor);
+    everything else goes through ``load_image``, which also raises its errors.
+    """
+    size = plain_jpeg(data, max_pixels)
+    if size is not None and (draft_size is None or min(size) < 2 * draft_size):
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of TorchCodec's, which this stack lacks.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    return TF.pil_to_tensor(load_image(data, draft_size=draft_size, max_pixels=max_pixels))
+
+
 def decode_one(path: Path, preset: EvalPreset) -> torch.Tensor:
-    return preset.crop(load_image(path, draft_size=preset.resize_size))
+    return preset.crop(decode_tensor(path.read_bytes(), draft_size=preset.resize_size))
 
 
 def decode_batch(paths: Sequence[Path], start: int, preset: EvalPreset) -> DecodedBatch:

@@ -9,38 +9,18 @@ or a JPEG nvJPEG refuses) takes the CPU path, so results never depend on which p
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from model.batch_decode import DecodedBatch, decode_one
-from model.images import ALLOWED_FORMATS, MAX_PIXELS, ImageError
+from model.batch_decode import DecodedBatch, decode_one, plain_jpeg
+from model.images import ImageError
 from model.presets import EvalPreset
 
 log = logging.getLogger(__name__)
-
-EXIF_ORIENTATION = 0x0112
-
-
-def gpu_decodable(data: bytes) -> bool:
-    """A JPEG the GPU decodes to exactly what ``load_image`` would give (before ``draft``)."""
-    try:
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
-            w, h = im.size
-            return (
-                im.format == "JPEG"
-                and im.mode in ("RGB", "L")
-                and 0 < w * h <= MAX_PIXELS
-                and im.getexif().get(EXIF_ORIENTATION, 1) == 1
-            )
-    except Exception:  # anything odd is left to the CPU path, which reports it properly
-        return False
-
 
 def decode_batch_cuda(paths: Sequence[Path], start: int, preset: EvalPreset, device: torch.device) -> DecodedBatch:
     """Like :func:`model.batch_decode.decode_batch`, with JPEGs decoded on ``device``."""
@@ -57,7 +37,7 @@ def decode_batch_cuda(paths: Sequence[Path], start: int, preset: EvalPreset, dev
         except OSError as exc:
             failures[i] = f"{type(exc).__name__}: {exc}"
             continue
-        if gpu_decodable(data):
+        if plain_jpeg(data) is not None:
             gpu_idx.append(i)
             gpu_data.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
         else:

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
-from model.batch_decode import decode_batch, iter_batches
+from model.batch_decode import decode_batch, decode_tensor, iter_batches, plain_jpeg
 from model.embedder import Embedder
-from model.gpu_decode import decode_batch_cuda, gpu_decodable
-from model.images import load_image
+from model.gpu_decode import decode_batch_cuda
+from model.images import ImageError, load_image
 from model.presets import EvalPreset
 
 
@@ -62,9 +63,9 @@ def test_batches_equal_the_eval_preset_in_input_order(mixed_files: list[Path], b
 def test_gpu_decoder_path_agrees_with_the_cpu_path(mixed_files: list[Path]) -> None:
     """Runs the GPU decoder's code on the CPU: JPEGs through decode_jpeg, the rest through load_image."""
     preset = EvalPreset(48)
-    assert gpu_decodable(mixed_files[1].read_bytes())
-    assert not gpu_decodable(mixed_files[3].read_bytes())  # EXIF-rotated: the CPU path applies it
-    assert not gpu_decodable(mixed_files[0].read_bytes())  # PNG
+    assert plain_jpeg(mixed_files[1].read_bytes()) == (90, 70)
+    assert plain_jpeg(mixed_files[3].read_bytes()) is None  # EXIF-rotated: load_image applies it
+    assert plain_jpeg(mixed_files[0].read_bytes()) is None  # PNG
     got = decode_batch_cuda(mixed_files, 10, preset, torch.device("cpu"))
     want = decode_batch(mixed_files, 10, preset)
     assert got.ok == want.ok and set(got.failures) == set(want.failures) == {14, 10 + len(mixed_files) - 1}
@@ -88,9 +89,28 @@ def test_embed_files_reports_failures_and_matches_embed_images(
     assert embedder.embed_files([], progress=False).embeddings.shape == (0, embedder.dim)
 
 
-def test_gpu_decodable_refuses_what_load_image_refuses() -> None:
+def test_plain_jpeg_refuses_what_load_image_handles_specially() -> None:
     buf = io.BytesIO()
     Image.new("CMYK", (16, 16)).save(buf, format="JPEG")
-    assert not gpu_decodable(buf.getvalue())
-    assert not gpu_decodable(b"GIF89a not really")
-    assert not gpu_decodable(b"")
+    assert plain_jpeg(buf.getvalue()) is None
+    assert plain_jpeg(b"GIF89a not really") is None
+    assert plain_jpeg(b"") is None
+    big = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(big, format="JPEG")
+    assert plain_jpeg(big.getvalue(), max_pixels=1000) is None  # over the pixel cap
+
+
+@pytest.mark.parametrize("draft_size", [None, 32, 200])
+def test_decode_tensor_equals_load_image(mixed_files: list[Path], tmp_path: Path, draft_size: int | None) -> None:
+    """Whichever decoder runs (torchvision for plain JPEGs that draft keeps whole, Pillow otherwise), the
+    pixels are load_image's; errors are load_image's too."""
+    large = tmp_path / "large.jpg"
+    # draft 32 shrinks it (Pillow decodes it); with 200 or None it stays whole (torchvision decodes it)
+    Image.open(mixed_files[1]).resize((300, 240)).save(large, quality=90)
+    grey = tmp_path / "grey.jpg"
+    Image.open(mixed_files[1]).convert("L").save(grey)
+    for path in [*mixed_files[:4], large, grey]:
+        want = TF.pil_to_tensor(load_image(path, draft_size=draft_size))
+        torch.testing.assert_close(decode_tensor(path.read_bytes(), draft_size=draft_size), want, atol=0, rtol=0)
+    with pytest.raises(ImageError):
+        decode_tensor(mixed_files[4].read_bytes())  # the corrupt one
