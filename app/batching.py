@@ -3,9 +3,10 @@
 Requests first ``admit`` their images against a bounded queue (the excess is refused at once, before any
 decoding), then ``submit`` the prepared inputs. One worker task gathers what is waiting; while the batch is
 below ``max_batch`` and other admitted requests are still on their way, it waits at most ``max_wait_s`` for
-them. The forward pass runs on a single dedicated thread, so the event loop never blocks and the model never
-runs twice at once. While a pass runs, new requests queue up and form the next batch (Triton's dynamic
-batcher, in miniature).
+them. Forward passes run on ``instances`` dedicated threads (Triton's model instances: on a CPU, one
+single-threaded model call per core beats one call that spreads over every core and waits at its barriers),
+so the event loop never blocks. A batch is formed only when an instance is free: while every instance is busy,
+new requests queue up and form the next, larger batch (Triton's dynamic batcher, in miniature).
 """
 
 from __future__ import annotations
@@ -49,19 +50,22 @@ class DynamicBatcher(Generic[T]):
         max_wait_s: float = 0.003,
         max_queue: int = 128,
         enabled: bool = True,
+        instances: int = 1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
-            raise ValueError("max_batch and max_queue must be >= 1 and max_wait_s >= 0.")
+        if max_batch < 1 or max_queue < 1 or max_wait_s < 0 or instances < 1:
+            raise ValueError("max_batch, max_queue and instances must be >= 1 and max_wait_s >= 0.")
         self.embed_fn, self.max_batch, self.max_wait_s = embed_fn, max_batch, max_wait_s
         self.max_queue, self.enabled, self.on_batch = max_queue, enabled, on_batch
+        self.instances = instances
         self.depth = 0  # images admitted and not finished: waiting, decoding or in a forward pass
+        self.running = 0  # images in forward passes now
         self.batches = 0
         self._pending: deque[_Job[T]] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsim-embed")
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="imgsim-embed")
 
     def start(self) -> None:
         if self._task is None:
@@ -112,8 +116,8 @@ class DynamicBatcher(Generic[T]):
                 batch.append(job)
                 size += len(job.items)
                 continue
-            if self.depth <= size:
-                break  # nobody else is admitted (decoding or queued): waiting would only add latency
+            if self.depth - self.running <= size:
+                break  # nobody else is on the way (decoding or queued): waiting would only add latency
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0 or self._closing:
                 break
@@ -125,28 +129,40 @@ class DynamicBatcher(Generic[T]):
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.instances)
+        passes: set[asyncio.Task[None]] = set()
         while True:
             while not self._pending:
                 if self._closing:
+                    await asyncio.gather(*passes)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            await free.acquire()  # the batch is formed when an instance can take it: larger batches under load
             batch = await self._next_batch()
-            items: list[Any] = [item for job in batch for item in job.items]
-            try:
-                out = await loop.run_in_executor(self._executor, self.embed_fn, items)
-            except Exception as exc:  # handed to every waiting request, which maps it to an answer
-                log.exception("forward pass over %d images failed", len(items))
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            self.batches += 1
-            if self.on_batch is not None:
-                self.on_batch(len(items))
-            start = 0
+            task = asyncio.get_running_loop().create_task(self._forward(batch, free))
+            passes.add(task)
+            task.add_done_callback(passes.discard)
+
+    async def _forward(self, batch: list[_Job[T]], free: asyncio.Semaphore) -> None:
+        items: list[Any] = [item for job in batch for item in job.items]
+        self.running += len(items)
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(self._executor, self.embed_fn, items)
+        except Exception as exc:  # handed to every waiting request, which maps it to an answer
+            log.exception("forward pass over %d images failed", len(items))
             for job in batch:
                 if not job.future.done():
-                    job.future.set_result(out[start : start + len(job.items)])
-                start += len(job.items)
+                    job.future.set_exception(exc)
+            return
+        finally:
+            self.running -= len(items)
+            free.release()
+        self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(len(items))
+        start = 0
+        for job in batch:
+            if not job.future.done():
+                job.future.set_result(out[start : start + len(job.items)])
+            start += len(job.items)

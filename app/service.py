@@ -27,6 +27,7 @@ from app.settings import Settings
 from index import GalleryIndex, Hit
 from model.batch_decode import decode_tensor
 from model.embedder import Embedder
+from model.engines import OnnxEngine
 from model.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,15 @@ class Service:
 
     def __post_init__(self) -> None:
         s = self.settings
+        # Several instances on ONNX Runtime: single-threaded passes share the cores instead of each taking all.
+        self._single_threaded = isinstance(self.embedder.engine, OnnxEngine) and s.model_instances > 1
         self.batcher = DynamicBatcher(
             self._forward,
             max_batch=s.batch_max_size or (64 if self.device_type == "cuda" else 8),
             max_wait_s=s.batch_max_wait_ms / 1000,
             max_queue=s.queue_max,
             enabled=s.batching,
+            instances=s.model_instances,
             on_batch=self.metrics.batch_size.observe,
         )
         self.metrics.bind(lambda: self.batcher.depth, lambda: self.index.count)
@@ -93,7 +97,11 @@ class Service:
     # -- embedding ------------------------------------------------------------------------------------------
     def _forward(self, crops: list[torch.Tensor]) -> np.ndarray:
         """The model thread: the whole batch to float at once, then the model."""
-        return self.embedder.embed_tensors(self.embedder.preset.normalise(torch.stack(crops)))
+        batch = self.embedder.preset.normalise(torch.stack(crops))
+        engine = self.embedder.engine
+        if self._single_threaded and isinstance(engine, OnnxEngine):
+            return engine.run_single_threaded(batch)
+        return self.embedder.embed_tensors(batch)
 
     def decode(self, upload: Upload, draft_size: int | None) -> Image.Image:
         """An upload as a Pillow image (for storing it); bad bytes become their 4xx."""

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # batch 1, 201 at batch 8).
     batch_max_size: int | None = Field(default=None, ge=1, description="images per forward pass")
     batch_max_wait_ms: float = Field(default=3.0, ge=0)
+    # With more than one instance on ONNX Runtime each pass is single-threaded. bench_service (2 cores): at
+    # concurrency 32, 2 instances served 1.2x the /v1/search rate of 1; at 1 and 8, 1 instance was as fast or
+    # faster with lower latency, hence the default.
+    model_instances: int = Field(default=1, ge=1, description="forward passes that may run at once")
     queue_max: int = Field(default=128, ge=1, description="images waiting or being embedded; the excess gets 503")
     retry_after_s: int = Field(default=1, ge=0)
 

@@ -44,10 +44,10 @@ async def _submit_all(batcher: DynamicBatcher[float], jobs: list[list[float]]) -
         await batcher.close()
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_concurrent_jobs_share_passes(enabled: bool) -> None:
+@pytest.mark.parametrize(("enabled", "instances"), [(True, 1), (False, 1), (True, 2)])
+def test_concurrent_jobs_share_passes(enabled: bool, instances: int) -> None:
     model = FakeModel()
-    batcher = DynamicBatcher(model, max_batch=8, max_wait_s=0.01, max_queue=64, enabled=enabled)
+    batcher = DynamicBatcher(model, max_batch=8, max_wait_s=0.01, max_queue=64, enabled=enabled, instances=instances)
     jobs = [[float(i)] for i in range(12)] + [[100.0, 101.0, 102.0]]
     out = asyncio.run(_submit_all(batcher, jobs))
     for job, rows in zip(jobs, out, strict=True):
@@ -59,6 +59,40 @@ def test_concurrent_jobs_share_passes(enabled: bool) -> None:
     else:
         assert len(model.calls) == len(jobs)
     assert batcher.depth == 0 and batcher.batches == len(model.calls)
+
+
+def test_instances_run_passes_at_once_and_batch_what_waits_meanwhile() -> None:
+    running, most = 0, 0
+    lock = threading.Lock()
+    calls: list[list[float]] = []
+
+    def model(items: list[float]) -> np.ndarray:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            calls.append(list(items))
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return np.array([[x, 2 * x] for x in items], dtype=np.float32)
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = DynamicBatcher(model, max_batch=8, max_wait_s=0.0, max_queue=64, instances=2)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit([0.0]))
+        await asyncio.sleep(0.01)  # the first instance is busy with one image
+        second = asyncio.ensure_future(batcher.submit([1.0]))
+        await asyncio.sleep(0.01)  # and the second with another
+        rest = [asyncio.ensure_future(batcher.submit([float(i)])) for i in range(2, 8)]
+        out = await asyncio.gather(first, second, *rest)
+        await batcher.close()
+        return out
+
+    out = asyncio.run(scenario())
+    assert [float(r[0, 0]) for r in out] == [float(i) for i in range(8)]
+    assert most == 2  # two passes overlapped
+    assert calls == [[0.0], [1.0], [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]]  # the six that waited: one pass
 
 
 def test_queue_is_bounded_and_errors_reach_every_waiter() -> None:
@@ -146,3 +180,25 @@ def test_inference_does_not_block_the_event_loop(client: TestClient) -> None:
         assert client.get("/healthz").status_code == 200  # answered while the model is busy
         release.set()
         assert pending.result(10).status_code == 200
+
+
+def test_two_onnx_instances_answer_like_the_reference(settings: Settings, embedder: Embedder) -> None:
+    """IMGSIM_MODEL_INSTANCES=2 on ONNX Runtime: concurrent passes on single-threaded sessions, same answers."""
+    n = 6
+    queries = [png_bytes(draw_shape("red_circles", np.random.default_rng(200 + i))) for i in range(n)]
+    two = settings.model_copy(update={"engine": "onnx", "model_instances": 2, "batch_max_size": 2})
+    with running(two) as client:
+        service = client.app.state.runtime.service  # type: ignore[attr-defined]
+        assert service.batcher.instances == 2 and service.embedder.engine_name == "onnx"
+
+        def compare(i: int) -> dict[str, float]:
+            r = client.post("/v1/compare", files=[("images", ("a", queries[i])), ("images", ("b", queries[-1 - i]))])
+            assert r.status_code == 200, r.text
+            body: dict[str, float] = r.json()
+            return body
+
+        with ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(compare, range(n)))
+    for i, answer in enumerate(answers):
+        a, b = ground_truth(embedder, queries[i]), ground_truth(embedder, queries[-1 - i])
+        assert abs(answer["dissimilarity"] - float(np.linalg.norm(a - b))) < 1e-3
