@@ -1,8 +1,9 @@
 """Service benchmark: ``/v1/search`` and ``/v1/compare`` over loopback HTTP, batched vs unbatched.
 
 A real ``imgsim serve`` (uvicorn) runs in a subprocess with an efficientnet-lite0 checkpoint (pretrained
-backbone, untrained head: the same speed as a trained one) and a gallery of a few hundred dog photos; an httpx
-async client sends real 320-px JPEGs at concurrency 1, 8 and 32. The baseline is the in-process embedding
+backbone, untrained head: the same speed as a trained one) and a gallery of a few hundred dog photos; a lean
+load generator (:mod:`bench.http_load`, keep-alive connections, requests built once) sends real 320-px JPEGs at
+concurrency 1, 8 and 32. The baseline is the in-process embedding
 throughput of the same model and engine in the same run (preprocessed batches, no decoding, no HTTP).
 
     .venv/bin/python -m bench.bench_service [--quick]
@@ -20,8 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import faiss
@@ -29,9 +33,12 @@ import httpx
 import numpy as np
 import torch
 
+from bench.http_load import multipart_request, run_load
 from index import GalleryIndex, NewItem
+from model.batch_decode import decode_tensor
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.embedder import Embedder
+from model.engines import OnnxEngine
 from model.images import load_image
 from model.network import ModelConfig, SiameseNetwork
 
@@ -39,7 +46,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DOGS = Path(os.environ.get("IMGSIM_BENCH_DOGS", ROOT.parent / "shared" / "data" / "dogs"))
 ENGINE = os.environ.get("IMGSIM_ENGINE", "auto")
 CONCURRENCY = (1, 8, 32)
-BATCH_MAX = 8  # batched mode: up to 8 images per forward pass (the service's CPU default is 1)
+BATCH_MAX = 8  # batched modes: up to 8 images per forward pass (the service's CPU default)
+# Server modes, each a running `imgsim serve` with these settings. "1 instance" (the default): one pass at a
+# time using every core; "2 instances": two forward passes at once, each single-threaded.
+MODES = {
+    "batched, 1 instance": {"IMGSIM_BATCHING": "true", "IMGSIM_MODEL_INSTANCES": "1"},
+    "batched, 2 instances": {"IMGSIM_BATCHING": "true", "IMGSIM_MODEL_INSTANCES": "2"},
+    "unbatched, 1 instance": {"IMGSIM_BATCHING": "false", "IMGSIM_MODEL_INSTANCES": "1"},
+}
 
 
 @dataclass
@@ -51,6 +65,7 @@ class Run:
     seconds: float
     latencies: list[float]
     mean_batch: float
+    server_cpu_ms: float  # the server process's CPU time per request (median over repeats)
 
     @property
     def rps(self) -> float:
@@ -87,33 +102,53 @@ def build(workdir: Path, gallery: list[Path]) -> tuple[Path, Path, Embedder]:
     return ckpt_path, index_dir, embedder
 
 
-def in_process_rate(embedder: Embedder, queries: list[bytes], seconds: float) -> tuple[dict[int, float], float]:
-    """Images/s of the model alone on preprocessed batches of 1, 8 and 32 (median of 3 each), and of decoding
-    plus preprocessing alone (one thread)."""
+def in_process_rate(embedder: Embedder, queries: list[bytes], seconds: float) -> tuple[dict[str, float], float]:
+    """Images/s of the model alone on preprocessed batches of 1, 8 and 32 (median of 3 each), both as one call
+    at a time using every core and as two single-threaded calls at once; and of decoding plus cropping alone
+    (one thread)."""
     size = embedder.preset.resize_size
     tensors = torch.stack([embedder.preset(load_image(q, draft_size=size)) for q in (queries * 32)[:32]])
-    rates: dict[int, float] = {}
+    engine = embedder.engine
+    rates: dict[str, float] = {}
     for bs in (1, 8, 32):
-        embedder.embed_tensors(tensors[:bs])  # warm-up
-        samples = []
-        for _ in range(3):
-            n, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds / 9:
-                embedder.embed_tensors(tensors[:bs])
-                n += bs
-            samples.append(n / (time.perf_counter() - start))
-        rates[bs] = statistics.median(samples)
+        batch = tensors[:bs]
+        rates[f"batch {bs}, 1 instance"] = _rate(partial(embedder.embed_tensors, batch), bs, 1, seconds / 18)
+        if isinstance(engine, OnnxEngine):
+            single = partial(engine.run_single_threaded, batch)
+            rates[f"batch {bs}, 2 instances"] = _rate(single, bs, 2, seconds / 18)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < 1.0:
-        embedder.preset(load_image(queries[n % len(queries)], draft_size=size))
+        embedder.preset.crop(decode_tensor(queries[n % len(queries)], draft_size=size))
         n += 1
     return rates, n / (time.perf_counter() - start)
 
 
-def start_server(ckpt: Path, index_dir: Path, port: int, batching: bool, log: Path) -> subprocess.Popen[bytes]:
+def _rate(call: Callable[[], object], batch: int, threads: int, seconds: float) -> float:
+    """Median images/s of 3 runs of ``threads`` threads calling ``call`` (``batch`` images) for ``seconds``."""
+    call()  # warm-up
+
+    def loop(stop: float) -> int:
+        n = 0
+        while time.perf_counter() < stop:
+            call()
+            n += batch
+        return n
+
+    samples = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in range(3):
+            start = time.perf_counter()
+            done = sum(pool.map(loop, [start + seconds] * threads))
+            samples.append(done / (time.perf_counter() - start))
+    return statistics.median(samples)
+
+
+def start_server(
+    ckpt: Path, index_dir: Path, port: int, settings: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "IMGSIM_BATCHING": str(batching).lower(),
+        **settings,
         "IMGSIM_ACCESS_LOG": "false",
         "IMGSIM_ENGINE": ENGINE,
         "IMGSIM_QUEUE_MAX": "256",
@@ -156,61 +191,73 @@ def batch_stats(base: str) -> tuple[float, float]:
     return total, count
 
 
-async def load(
-    base: str, endpoint: str, queries: list[bytes], concurrency: int, total: int
-) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    counter = iter(range(total))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-
-        async def worker() -> None:
-            for i in counter:
-                if endpoint == "search":
-                    kw = {"files": {"image": ("q.jpg", queries[i % len(queries)])}, "data": {"k": "10"}}
-                    url = "/v1/search"
-                else:
-                    a, b = queries[i % len(queries)], queries[(i * 7 + 3) % len(queries)]
-                    kw, url = {"files": [("images", ("a.jpg", a)), ("images", ("b.jpg", b))]}, "/v1/compare"
-                start = time.perf_counter()
-                r = await client.post(url, **kw)  # type: ignore[arg-type]
-                latencies.append(time.perf_counter() - start)
-                if r.status_code != 200:
-                    raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - start, latencies
+def requests_for(endpoint: str, queries: list[bytes], host: str) -> list[bytes]:
+    """Every request of a run, built once: a search with k=10 per query, or a compare of two queries."""
+    if endpoint == "search":
+        return [multipart_request("/v1/search", host, [("image", "q.jpg", q)], {"k": "10"}) for q in queries]
+    n = len(queries)
+    pairs = [(queries[i], queries[(i * 7 + 3) % n]) for i in range(n)]
+    return [
+        multipart_request("/v1/compare", host, [("images", "a.jpg", a), ("images", "b.jpg", b)], {}) for a, b in pairs
+    ]
 
 
-def measure(bases: dict[str, str], queries: list[bytes], quick: bool) -> list[Run]:
-    """Each cell runs both modes back to back, alternating which goes first, ``repeats`` times: the machine is
-    shared, so throughput is the median over repeats and latency percentiles pool every request."""
-    for base in bases.values():
-        asyncio.run(load(base, "search", queries, 4, 8))  # warm-up (first passes, thread pools, connections)
+def load(base: str, endpoint: str, queries: list[bytes], concurrency: int, total: int) -> tuple[float, list[float]]:
+    url = httpx.URL(base)
+    assert url.port is not None
+    result = asyncio.run(run_load(url.host, url.port, requests_for(endpoint, queries, url.host), concurrency, total))
+    return result.seconds, result.latencies
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(servers: dict[str, tuple[str, int]], queries: list[bytes], quick: bool) -> list[Run]:
+    """Each cell runs every mode (base URL, server pid) back to back, reversing the order each time,
+    ``repeats`` times: the machine is shared, so throughput and server CPU are medians over repeats and latency
+    percentiles pool every request."""
+    for base, _ in servers.values():
+        load(base, "search", queries, 4, 8)  # warm-up (first passes, thread pools, connections)
     repeats = 1 if quick else 3
     per = {1: 12, 8: 48, 32: 96} if quick else {1: 24, 8: 96, 32: 160}
     runs = []
     for endpoint in ("search", "compare"):
         for c in CONCURRENCY:
             n = per[c] // (2 if endpoint == "compare" else 1)
-            rates: dict[str, list[float]] = {m: [] for m in bases}
-            lats: dict[str, list[float]] = {m: [] for m in bases}
-            batch_sums = {m: [0.0, 0.0] for m in bases}
+            rates: dict[str, list[float]] = {m: [] for m in servers}
+            cpu: dict[str, list[float]] = {m: [] for m in servers}
+            lats: dict[str, list[float]] = {m: [] for m in servers}
+            batch_sums = {m: [0.0, 0.0] for m in servers}
             for rep in range(repeats):
-                order = list(bases.items())
-                for mode, base in order if rep % 2 == 0 else order[::-1]:
+                order = list(servers.items())
+                for mode, (base, pid) in order if rep % 2 == 0 else order[::-1]:
                     s0, n0 = batch_stats(base)
-                    seconds, lat = asyncio.run(load(base, endpoint, queries, c, n))
+                    cpu0 = process_cpu_seconds(pid)
+                    seconds, lat = load(base, endpoint, queries, c, n)
+                    cpu[mode].append(1000 * (process_cpu_seconds(pid) - cpu0) / n)
                     s1, n1 = batch_stats(base)
                     rates[mode].append(n / seconds)
                     lats[mode] += lat
                     batch_sums[mode][0] += s1 - s0
                     batch_sums[mode][1] += n1 - n0
-            for mode in bases:
+            for mode in servers:
                 rps = statistics.median(rates[mode])
                 mean_batch = batch_sums[mode][0] / max(batch_sums[mode][1], 1)
-                runs.append(Run(endpoint, mode, c, n * repeats, n * repeats / rps, lats[mode], mean_batch))
+                runs.append(
+                    Run(
+                        endpoint,
+                        mode,
+                        c,
+                        n * repeats,
+                        n * repeats / rps,
+                        lats[mode],
+                        mean_batch,
+                        statistics.median(cpu[mode]),
+                    )
+                )
                 print(f"  {endpoint} {mode} c={c}: {rps:.1f} req/s (median of {repeats})", file=sys.stderr)
     return runs
 
@@ -229,9 +276,11 @@ def run(quick: bool = False) -> str:
         del embedder
         procs = {}
         try:
-            for port, (batching, mode) in enumerate(((True, "batched"), (False, "unbatched")), start=8701):
-                procs[mode] = (port, start_server(ckpt, index_dir, port, batching, workdir / f"serve-{mode}.log"))
-            runs = measure({m: f"http://127.0.0.1:{port}" for m, (port, _) in procs.items()}, queries, quick)
+            for port, (mode, settings) in enumerate(MODES.items(), start=8701):
+                log = workdir / f"serve-{port}.log"
+                procs[mode] = (port, start_server(ckpt, index_dir, port, settings, log))
+            servers = {m: (f"http://127.0.0.1:{port}", proc.pid) for m, (port, proc) in procs.items()}
+            runs = measure(servers, queries, quick)
         finally:
             for _, proc in procs.values():
                 proc.terminate()
@@ -240,46 +289,52 @@ def run(quick: bool = False) -> str:
 
 
 def report(
-    runs: list[Run], model_rates: dict[int, float], decode_rate: float, engine: str, n_gallery: int, quick: bool
+    runs: list[Run], model_rates: dict[str, float], decode_rate: float, engine: str, n_gallery: int, quick: bool
 ) -> str:
-    best_bs = max(model_rates, key=lambda b: model_rates[b])
-    model_rate = model_rates[best_bs]
+    best = max(model_rates, key=lambda k: model_rates[k])
+    model_rate = model_rates[best]
     by = {(r.endpoint, r.mode, r.concurrency): r for r in runs}
     lines = [
         "### REST service: /v1/search and /v1/compare over loopback",
         "",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores (shared), torch {torch.__version__}, "
-        f"faiss {faiss.__version__}, engine `{engine}`, efficientnet-lite0 (224 px, 256-d), gallery of "
-        f"{n_gallery} dog photos (exact index), queries are 320-px JPEGs from shared/data/dogs.",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores (shared with the load generator), torch "
+        f"{torch.__version__}, faiss {faiss.__version__}, engine `{engine}`, efficientnet-lite0 (224 px, 256-d), "
+        f"gallery of {n_gallery} dog photos (exact index), queries are 320-px JPEGs from shared/data/dogs.",
         f"Command: `.venv/bin/python -m bench.bench_service{' --quick' if quick else ''}` "
-        f"({datetime.now(UTC):%Y-%m-%d}).",
+        f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC).",
         "",
-        "| endpoint | mode | concurrency | requests | req/s | images/s | p50 ms | p99 ms | images per forward pass |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| endpoint | mode | concurrency | requests | req/s | images/s | p50 ms | p99 ms | images per pass "
+        "| server CPU ms/request |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         per = 2 if r.endpoint == "compare" else 1
         lines.append(
             f"| /v1/{r.endpoint} | {r.mode} | {r.concurrency} | {r.requests} | {r.rps:.1f} | "
-            f"{r.rps * per:.1f} | {r.pct(50):.0f} | {r.pct(99):.0f} | {r.mean_batch:.1f} |"
+            f"{r.rps * per:.1f} | {r.pct(50):.0f} | {r.pct(99):.0f} | {r.mean_batch:.1f} | {r.server_cpu_ms:.1f} |"
         )
-    lines += ["", "| endpoint | concurrency | batched / unbatched throughput |", "|---|---:|---:|"]
+    modes = list(dict.fromkeys(r.mode for r in runs))
+    lines += ["", "| endpoint | concurrency | " + " | ".join(f"{m} / {modes[-1]}" for m in modes[:-1]) + " |"]
+    lines.append("|---|---:|" + "---:|" * (len(modes) - 1))
     for endpoint in ("search", "compare"):
         for c in CONCURRENCY:
-            b, u = by[(endpoint, "batched", c)], by[(endpoint, "unbatched", c)]
-            lines.append(f"| /v1/{endpoint} | {c} | {b.rps / u.rps:.2f}x |")
-    s8 = {mode: by[("search", mode, 8)].rps for mode in ("batched", "unbatched")}
+            base = by[(endpoint, modes[-1], c)].rps
+            cells = " | ".join(f"{by[(endpoint, m, c)].rps / base:.2f}x" for m in modes[:-1])
+            lines.append(f"| /v1/{endpoint} | {c} | {cells} |")
+    ratios = "; ".join(
+        f"{m}: {by[('search', m, 8)].rps:.1f} / {model_rate:.1f} = **{by[('search', m, 8)].rps / model_rate:.2f}**"
+        for m in modes
+    )
     lines += [
         "",
-        f"Batched: dynamic batching, at most {BATCH_MAX} images per pass, at most 3 ms wait. Unbatched: one request "
-        f"per pass (IMGSIM_BATCHING=false). Throughput: median of {1 if quick else 3} run(s) per cell, "
-        "modes interleaved.",
+        f"Batched: dynamic batching, at most {BATCH_MAX} images per pass, at most 3 ms wait; unbatched: one request "
+        "per pass (IMGSIM_BATCHING=false). Instances: forward passes that may run at once (IMGSIM_MODEL_INSTANCES; "
+        "with 2, each pass is single-threaded). Load generator: bench/http_load.py, keep-alive connections. "
+        f"Throughput: median of {1 if quick else 3} run(s) per cell, modes interleaved.",
         "In-process embedding, same model and engine, same run (preprocessed tensors, median of 3): "
-        + ", ".join(f"batch {b}: {r:.1f} images/s" for b, r in model_rates.items())
-        + f". JPEG decode + preprocessing alone, one thread: {decode_rate:.0f} images/s.",
-        f"**End-to-end /v1/search at concurrency 8 / best in-process embedding (batch {best_bs}): "
-        f"unbatched {s8['unbatched']:.1f} / {model_rate:.1f} = {s8['unbatched'] / model_rate:.2f}; batched "
-        f"{s8['batched']:.1f} / {model_rate:.1f} = {s8['batched'] / model_rate:.2f}** (target ≥ 0.8).",
+        + ", ".join(f"{k}: {r:.1f} images/s" for k, r in model_rates.items())
+        + f". JPEG decode + crop alone, one thread: {decode_rate:.0f} images/s.",
+        f"End-to-end /v1/search at concurrency 8 / the best in-process embedding ({best}): {ratios} (target ≥ 0.8).",
     ]
     return "\n".join(lines)
 
