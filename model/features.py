@@ -16,6 +16,7 @@ from model.backbones import Backbone
 from model.checkpoint import content_hash
 from model.data import Item
 from model.datasets import ImageItems
+from model.fast_features import features_in_workers, onnx_features
 from model.presets import EvalPreset
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,15 @@ def compute_features(
     progress: bool = True,
     desc: str = "features",
 ) -> torch.Tensor:
-    """``(len(items), feature_dim)`` float32 on CPU, in the order of ``items``."""
+    """``(len(items), feature_dim)`` float32 on CPU, in the order of ``items``.
+
+    On the CPU through ONNX Runtime when the backbone exports (see :mod:`model.fast_features`), else PyTorch.
+    """
     device = device or next(backbone.parameters()).device
+    if device.type == "cpu" and items:
+        run = onnx_features(backbone, image_size)
+        if run is not None:
+            return features_in_workers(run, Path(root), items, image_size, progress, desc)
     preset = EvalPreset(image_size)
     dataset = ImageItems(root, items, preset, {}, draft_size=preset.resize_size)
     loader = DataLoader(
