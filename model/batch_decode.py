@@ -66,10 +66,13 @@ def decode_tensor(data: bytes, draft_size: int | None = None, max_pixels: int = 
     """
     size = plain_jpeg(data, max_pixels)
     if size is not None and (draft_size is None or min(size) < 2 * draft_size):
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its decoders in favour of TorchCodec's, which this stack lacks.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        try:
+            with warnings.catch_warnings():
+                # torchvision 0.29 deprecates its decoders in favour of TorchCodec's, which this stack lacks.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # a damaged JPEG (e.g. truncated): load_image says what is wrong with it
     return TF.pil_to_tensor(load_image(data, draft_size=draft_size, max_pixels=max_pixels))
 
 

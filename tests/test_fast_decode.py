@@ -114,3 +114,8 @@ def test_decode_tensor_equals_load_image(mixed_files: list[Path], tmp_path: Path
         torch.testing.assert_close(decode_tensor(path.read_bytes(), draft_size=draft_size), want, atol=0, rtol=0)
     with pytest.raises(ImageError):
         decode_tensor(mixed_files[4].read_bytes())  # the corrupt one
+    whole = large.read_bytes()
+    for cut in (len(whole) // 2, len(whole) - 2):  # truncated: the header says "plain JPEG", the data fails
+        with pytest.raises(ImageError) as err:
+            decode_tensor(whole[:cut], draft_size=draft_size)
+        assert err.value.code == "corrupt_image"
