@@ -48,9 +48,10 @@ class EmbeddingHead(nn.Module):
     """Backbone features -> unit-length embedding. Three kinds:
 
     ``anchored`` (the default) is ``[cos(a) * anchor(f), sin(a) * normalize(g(f))]``.
-    The anchor is what the pretrained backbone already knows, frozen: the PCA of its centred features and,
+    The anchor is what the pretrained backbone already knows, frozen: a PCA of its centred features and,
     where it has an ImageNet classifier, of its class probabilities (as ``sqrt(softmax)``, so that cosine is
-    the Bhattacharyya coefficient; ``class_weight`` is their share). ``g`` is the learnt half, trained alone
+    the Bhattacharyya coefficient; ``class_weight`` is their share), fitted to the ImageNet classes when
+    there is a classifier (see :meth:`fit_pca`). ``g`` is the learnt half, trained alone
     with the contrastive loss (in training mode the head returns it alone). It can move a cosine similarity
     by at most ``sin²(a) = learned_weight``, so training sharpens the classes it sees without overwriting
     what the backbone knows about classes it never saw. BENCHMARKS.md has the measurements behind this.
@@ -105,12 +106,20 @@ class EmbeddingHead(nn.Module):
 
     @torch.no_grad()
     def fit_pca(self, features: torch.Tensor) -> None:
-        """Set the frozen projection to the top principal directions of the training features."""
+        """Set the frozen projection to the top principal directions of the anchor's inputs.
+
+        The training features give the mean that centres them. With an ImageNet classifier, the directions
+        are fitted to its 1,000 classes, one prototype each, not to the training images: fitted to the
+        training classes, the projection keeps what tells them apart and drops directions that matter for
+        classes never trained on (on the dogs' open splits, Recall@1 of the anchor alone 0.924 / 0.897 /
+        0.963 fitted to the training images, 0.943 / 0.905 / 0.966 fitted to the prototypes; the frozen
+        backbone 0.932 / 0.888 / 0.962).
+        """
         if not isinstance(self.project, nn.Linear):
             return
         features = features.float()
         self.mean.copy_(features.mean(dim=0))
-        inputs = self.anchor_input(features)
+        inputs = self.class_prototypes() if self.classifier is not None else self.anchor_input(features)
         mean = inputs.mean(dim=0)
         centred = inputs - mean
         out_dim = self.project.out_features
@@ -124,6 +133,15 @@ class EmbeddingHead(nn.Module):
             components = torch.cat([components, extra])
         self.anchor_mean.copy_(mean)
         self.project.weight.copy_(components)
+
+    def class_prototypes(self) -> torch.Tensor:
+        """One anchor input per ImageNet class: the direction that raises its logit (its weight row) beside
+        its one-hot probabilities, weighted as in :meth:`anchor_input`."""
+        assert self.classifier is not None
+        weight = self.classifier.weight.float()
+        unit = F.normalize(weight, dim=-1)
+        onehot = torch.eye(weight.shape[0], device=weight.device)
+        return torch.cat([unit * math.sqrt(1 - self.class_weight), onehot * math.sqrt(self.class_weight)], dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.learned is not None and self.training:

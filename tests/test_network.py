@@ -5,6 +5,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from model.backbones import build_backbone
@@ -44,7 +45,7 @@ def test_residual_head_starts_as_the_pca_projection() -> None:
 def test_anchored_head_keeps_the_frozen_anchor_and_bounds_the_learnt_half() -> None:
     torch.manual_seed(0)
     features = torch.randn(100, 12)
-    classifier = torch.nn.Linear(12, 5)
+    classifier = torch.nn.Linear(12, 20)
     config = ModelConfig(embedding_dim=8, learned_dim=3, hidden_dim=16, learned_weight=0.3, class_weight=0.5)
     head = EmbeddingHead(12, 8, config, classifier=classifier)
     head.fit_pca(features)
@@ -52,12 +53,15 @@ def test_anchored_head_keeps_the_frozen_anchor_and_bounds_the_learnt_half() -> N
     assert learnt.shape == (100, 3) and torch.allclose(learnt.norm(dim=1), torch.ones(100), atol=1e-5)
     e = head.eval()(features)
     assert e.shape == (100, 8) and torch.allclose(e.norm(dim=1), torch.ones(100), atol=1e-5)
-    # The anchor, computed by hand: unit centred features beside sqrt class probabilities, then the PCA.
-    unit = torch.nn.functional.normalize(features - features.mean(0), dim=-1)
-    probs = torch.nn.functional.normalize(classifier(features).softmax(-1).sqrt(), dim=-1)
+    # The anchor, computed by hand: unit centred features beside sqrt class probabilities, projected on the
+    # principal directions of one prototype per class (its unit weight row beside its one-hot probabilities).
+    unit = F.normalize(features - features.mean(0), dim=-1)
+    probs = F.normalize(classifier(features).softmax(-1).sqrt(), dim=-1)
     raw = torch.cat([unit * 0.5**0.5, probs * 0.5**0.5], dim=1)
-    _, _, vt = torch.linalg.svd(raw - raw.mean(0), full_matrices=False)
-    expected = torch.nn.functional.normalize((raw - raw.mean(0)) @ vt[:5].T, dim=-1)
+    prototypes = torch.cat([F.normalize(classifier.weight, dim=-1) * 0.5**0.5, torch.eye(20) * 0.5**0.5], dim=1)
+    mean = prototypes.mean(0)
+    _, _, vt = torch.linalg.svd(prototypes - mean, full_matrices=False)
+    expected = F.normalize((raw - mean) @ vt[:5].T, dim=-1)
     assert torch.allclose(e[:, :5].abs(), (expected * 0.7**0.5).abs(), atol=1e-4)  # PCA signs are arbitrary
     assert not head.project.weight.requires_grad and not classifier.weight.requires_grad
     # Whatever the learnt half does, a cosine similarity moves by at most learned_weight from the anchor's.
