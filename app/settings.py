@@ -32,14 +32,13 @@ class Settings(BaseSettings):
 
     # Dynamic batching and the bounded queue.
     batching: bool = True
-    # Default: 64 on CUDA; 8 on CPU, where bench_service on a quiet machine measured 1.14x the /v1/search
-    # throughput of one image per pass at concurrency 8, with a lower p50 (in-process: 105 images/s at
-    # batch 1, 201 at batch 8).
+    # Default: 64 on CUDA; 8 on CPU, where bench_service measured 1.11x the /v1/search throughput of one
+    # image per pass at concurrency 8 and 1.37x at 32, with lower latency.
     batch_max_size: int | None = Field(default=None, ge=1, description="images per forward pass")
     batch_max_wait_ms: float = Field(default=3.0, ge=0)
-    # With more than one instance on ONNX Runtime each pass is single-threaded. bench_service (2 cores): at
-    # concurrency 32, 2 instances served 1.2x the /v1/search rate of 1; at 1 and 8, 1 instance was as fast or
-    # faster with lower latency, hence the default.
+    # With more than one instance on ONNX Runtime each pass is single-threaded. bench_service (2 cores), /v1/search:
+    # a single client is served faster by 1 instance (82 vs 66 req/s: its pass uses both cores); at
+    # concurrency 8 they are even (114 vs 116); at 32, 2 instances lead (143 vs 130). Hence 1 by default.
     model_instances: int = Field(default=1, ge=1, description="forward passes that may run at once")
     queue_max: int = Field(default=128, ge=1, description="images waiting or being embedded; the excess gets 503")
     retry_after_s: int = Field(default=1, ge=0)
