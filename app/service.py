@@ -54,6 +54,7 @@ def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
 class Upload:
     field: str
     data: bytes
+    error: ServiceError | None = None  # set by a model instance that could not decode it
 
 
 @dataclass
@@ -62,20 +63,26 @@ class Service:
     embedder: Embedder
     index: GalleryIndex
     metrics: Metrics
-    batcher: DynamicBatcher[torch.Tensor] = field(init=False)
+    batcher: DynamicBatcher[torch.Tensor | Upload] = field(init=False)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         s = self.settings
-        # Several instances on ONNX Runtime: single-threaded passes share the cores instead of each taking all.
-        self._single_threaded = isinstance(self.embedder.engine, OnnxEngine) and s.model_instances > 1
+        onnx = isinstance(self.embedder.engine, OnnxEngine)
+        instances = s.model_instances
+        # Several instances on ONNX Runtime: single-threaded passes share the cores instead of each taking all,
+        # and each instance decodes its own batch (as embed_files' workers do), so a request's bytes go
+        # straight to the batcher: no decoding thread, one thread hop fewer per request.
+        self._single_threaded = onnx and instances > 1
+        self._passes = 0  # forward passes running now
+        self._passes_lock = threading.Lock()
         self.batcher = DynamicBatcher(
             self._forward,
             max_batch=s.batch_max_size or (64 if self.device_type == "cuda" else 8),
             max_wait_s=s.batch_max_wait_ms / 1000,
             max_queue=s.queue_max,
             enabled=s.batching,
-            instances=s.model_instances,
+            instances=instances,
             on_batch=self.metrics.batch_size.observe,
         )
         self.metrics.bind(lambda: self.batcher.depth, lambda: self.index.count)
@@ -95,13 +102,32 @@ class Service:
         )
 
     # -- embedding ------------------------------------------------------------------------------------------
-    def _forward(self, crops: list[torch.Tensor]) -> np.ndarray:
-        """The model thread: the whole batch to float at once, then the model."""
+    def _forward(self, items: list[torch.Tensor | Upload]) -> np.ndarray:
+        """A model instance: decode and crop the uploads (with several instances), then the whole batch to
+        float at once, then the model. An upload that does not decode keeps its error and a blank row."""
+        crops = [self._crop_or_blank(item) if isinstance(item, Upload) else item for item in items]
         batch = self.embedder.preset.normalise(torch.stack(crops))
         engine = self.embedder.engine
-        if self._single_threaded and isinstance(engine, OnnxEngine):
-            return engine.run_single_threaded(batch)
-        return self.embedder.embed_tensors(batch)
+        with self._passes_lock:
+            self._passes += 1
+            alone = self._passes == 1
+        try:
+            # A pass that runs alone takes every core (a lone request is answered sooner); passes that run
+            # together take one core each instead of contending for all of them.
+            if self._single_threaded and not alone and isinstance(engine, OnnxEngine):
+                return engine.run_single_threaded(batch)
+            return self.embedder.embed_tensors(batch)
+        finally:
+            with self._passes_lock:
+                self._passes -= 1
+
+    def _crop_or_blank(self, upload: Upload) -> torch.Tensor:
+        try:
+            return self._crop(upload)
+        except ServiceError as exc:
+            upload.error = exc  # the request raises it; the batch goes on without this image
+            size = self.embedder.preset.image_size
+            return torch.zeros(3, size, size, dtype=torch.uint8)
 
     def decode(self, upload: Upload, draft_size: int | None) -> Image.Image:
         """An upload as a Pillow image (for storing it); bad bytes become their 4xx."""
@@ -126,11 +152,20 @@ class Service:
             raise too_large(self.settings.max_upload_bytes)
 
     async def embed(self, uploads: list[Upload]) -> np.ndarray:
-        """Uploads -> unit embeddings (n, d): decoded in a worker thread, embedded through the shared batcher."""
+        """Uploads -> unit embeddings (n, d) through the shared batcher; decoded in a worker thread, or by the
+        model instance that takes them."""
         try:
             with self.batcher.admit(len(uploads)):
-                items = await to_thread.run_sync(lambda: [self._crop(u) for u in uploads])
-                vectors = await self.batcher.submit(items)
+                if self._single_threaded:
+                    for upload in uploads:
+                        self._check_size(upload)
+                    vectors = await self.batcher.submit(uploads)
+                    errors = [u.error for u in uploads if u.error is not None]
+                    if errors:
+                        raise errors[0]
+                else:
+                    crops = await to_thread.run_sync(lambda: [self._crop(u) for u in uploads])
+                    vectors = await self.batcher.submit(crops)
         except QueueFullError as exc:
             self.metrics.rejected.inc()
             retry = {"Retry-After": str(self.settings.retry_after_s)}

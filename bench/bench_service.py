@@ -47,8 +47,9 @@ DOGS = Path(os.environ.get("IMGSIM_BENCH_DOGS", ROOT.parent / "shared" / "data" 
 ENGINE = os.environ.get("IMGSIM_ENGINE", "auto")
 CONCURRENCY = (1, 8, 32)
 BATCH_MAX = 8  # batched modes: up to 8 images per forward pass (the service's CPU default)
-# Server modes, each a running `imgsim serve` with these settings. "1 instance" (the default): one pass at a
-# time using every core; "2 instances": two forward passes at once, each single-threaded.
+# Server modes, each a running `imgsim serve` with these settings. "1 instance" (the default): one pass at a time
+# using every core, requests decoded in worker threads; "2 instances": two passes at once, each instance decoding
+# its own batch and using one core while the other pass runs.
 MODES = {
     "batched, 1 instance": {"IMGSIM_BATCHING": "true", "IMGSIM_MODEL_INSTANCES": "1"},
     "batched, 2 instances": {"IMGSIM_BATCHING": "true", "IMGSIM_MODEL_INSTANCES": "2"},
@@ -329,7 +330,8 @@ def report(
         "",
         f"Batched: dynamic batching, at most {BATCH_MAX} images per pass, at most 3 ms wait; unbatched: one request "
         "per pass (IMGSIM_BATCHING=false). Instances: forward passes that may run at once (IMGSIM_MODEL_INSTANCES; "
-        "with 2, each pass is single-threaded). Load generator: bench/http_load.py, keep-alive connections. "
+        "with 2, each pass is single-threaded and its instance decodes the batch). Load generator: "
+        "bench/http_load.py, keep-alive connections. "
         f"Throughput: median of {1 if quick else 3} run(s) per cell, modes interleaved.",
         "In-process embedding, same model and engine, same run (preprocessed tensors, median of 3): "
         + ", ".join(f"{k}: {r:.1f} images/s" for k, r in model_rates.items())

@@ -183,22 +183,27 @@ def test_inference_does_not_block_the_event_loop(client: TestClient) -> None:
 
 
 def test_two_onnx_instances_answer_like_the_reference(settings: Settings, embedder: Embedder) -> None:
-    """IMGSIM_MODEL_INSTANCES=2 on ONNX Runtime: concurrent passes on single-threaded sessions, same answers."""
+    """Two ONNX instances (each decoding its own batch): concurrent passes on single-threaded sessions give the
+    reference answers, and an image that does not decode fails its own request only, with its 4xx."""
     n = 6
     queries = [png_bytes(draw_shape("red_circles", np.random.default_rng(200 + i))) for i in range(n)]
-    two = settings.model_copy(update={"engine": "onnx", "model_instances": 2, "batch_max_size": 2})
+    truncated = png_bytes(draw_shape("red_circles", np.random.default_rng(0)), "JPEG")[:-2]
+    two = settings.model_copy(update={"engine": "onnx", "model_instances": 2, "batch_max_size": 4})
     with running(two) as client:
         service = client.app.state.runtime.service  # type: ignore[attr-defined]
         assert service.batcher.instances == 2 and service.embedder.engine_name == "onnx"
 
-        def compare(i: int) -> dict[str, float]:
-            r = client.post("/v1/compare", files=[("images", ("a", queries[i])), ("images", ("b", queries[-1 - i]))])
-            assert r.status_code == 200, r.text
-            body: dict[str, float] = r.json()
-            return body
+        def compare(i: int) -> tuple[int, dict[str, object]]:
+            other = truncated if i == n else queries[-1 - i]
+            files = [("images", ("a", queries[i % n])), ("images", ("b", other))]
+            r = client.post("/v1/compare", files=files)
+            return r.status_code, r.json()
 
-        with ThreadPoolExecutor(n) as pool:
-            answers = list(pool.map(compare, range(n)))
-    for i, answer in enumerate(answers):
+        with ThreadPoolExecutor(n + 1) as pool:
+            answers = list(pool.map(compare, range(n + 1)))
+    for i, (status, body) in enumerate(answers[:n]):
+        assert status == 200, body
         a, b = ground_truth(embedder, queries[i]), ground_truth(embedder, queries[-1 - i])
-        assert abs(answer["dissimilarity"] - float(np.linalg.norm(a - b))) < 1e-3
+        assert abs(float(body["dissimilarity"]) - float(np.linalg.norm(a - b))) < 1e-3  # type: ignore[arg-type]
+    assert answers[n][0] == 422 and answers[n][1]["code"] == "corrupt_image"
+    assert str(answers[n][1]["detail"]).startswith("images[1]: ")
