@@ -27,7 +27,7 @@ from app.settings import Settings
 from index import GalleryIndex, Hit
 from model.batch_decode import decode_tensor
 from model.embedder import Embedder
-from model.engines import OnnxEngine
+from model.engines import OnnxEngine, cpu_count
 from model.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Service:
     def __post_init__(self) -> None:
         s = self.settings
         onnx = isinstance(self.embedder.engine, OnnxEngine)
-        instances = s.model_instances
+        instances = s.model_instances or (cpu_count() if onnx else 1)
         # Several instances on ONNX Runtime: single-threaded passes share the cores instead of each taking all,
         # and each instance decodes its own batch (as embed_files' workers do), so a request's bytes go
         # straight to the batcher: no decoding thread, one thread hop fewer per request.

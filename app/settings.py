@@ -36,11 +36,11 @@ class Settings(BaseSettings):
     # image per pass at concurrency 8 and 1.37x at 32, with lower latency.
     batch_max_size: int | None = Field(default=None, ge=1, description="images per forward pass")
     batch_max_wait_ms: float = Field(default=3.0, ge=0)
-    # With several instances on ONNX Runtime each instance decodes its own batch and, while another pass runs,
-    # uses one core. bench_service (2 cores), /v1/search, 1 vs 2 instances: one client 91 vs 70 requests/s;
-    # concurrency 8 125 vs 127; concurrency 32 126 vs 145. 1 by default: the lowest latency, even under load
-    # up to a few concurrent requests; set 2 (one per core) for sustained concurrency.
-    model_instances: int = Field(default=1, ge=1, description="forward passes that may run at once")
+    # Default: one per core with ONNX Runtime, else 1. With several, each instance decodes its own batch and
+    # uses one core while another pass runs (every core when alone). bench_service (2 cores), 1 vs 2 instances,
+    # requests/s: /v1/search 94 vs 86 for one client, 133 vs 135 at concurrency 8, 137 vs 146 at 32;
+    # /v1/compare 63 vs 61, 64 vs 77, 62 vs 78.
+    model_instances: int | None = Field(default=None, ge=1, description="forward passes that may run at once")
     queue_max: int = Field(default=128, ge=1, description="images waiting or being embedded; the excess gets 503")
     retry_after_s: int = Field(default=1, ge=0)
 

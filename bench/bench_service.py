@@ -47,12 +47,12 @@ DOGS = Path(os.environ.get("IMGSIM_BENCH_DOGS", ROOT.parent / "shared" / "data" 
 ENGINE = os.environ.get("IMGSIM_ENGINE", "auto")
 CONCURRENCY = (1, 8, 32)
 BATCH_MAX = 8  # batched modes: up to 8 images per forward pass (the service's CPU default)
-# Server modes, each a running `imgsim serve` with these settings. "1 instance" (the default): one pass at a time
-# using every core, requests decoded in worker threads; "2 instances": two passes at once, each instance decoding
-# its own batch and using one core while the other pass runs.
+# Server modes, each a running `imgsim serve` with these settings. "2 instances" (the default on 2 cores): two
+# passes at once, each instance decoding its own batch and using one core while the other pass runs; "1
+# instance": one pass at a time using every core, requests decoded in worker threads.
 MODES = {
-    "batched, 1 instance": {"IMGSIM_BATCHING": "true", "IMGSIM_MODEL_INSTANCES": "1"},
     "batched, 2 instances": {"IMGSIM_BATCHING": "true", "IMGSIM_MODEL_INSTANCES": "2"},
+    "batched, 1 instance": {"IMGSIM_BATCHING": "true", "IMGSIM_MODEL_INSTANCES": "1"},
     "unbatched, 1 instance": {"IMGSIM_BATCHING": "false", "IMGSIM_MODEL_INSTANCES": "1"},
 }
 

@@ -67,6 +67,19 @@ def test_bad_images(client: TestClient, name: str) -> None:
     assert r.status_code == status and r.json() == {"code": err.code, "detail": f"images[1]: {err.detail}"}
 
 
+def test_bad_images_with_instances_that_decode(settings: Settings) -> None:
+    """The CPU default (ONNX, one instance per core, each decoding its own batch) answers the same 4xx."""
+    two = settings.model_copy(update={"engine": "onnx", "model_instances": 2})
+    with running(two) as client:
+        for name, (data, status) in sorted(BAD_IMAGES.items()):
+            err = loader_error(data)
+            r = client.post("/v1/search", files={"image": ("dog.jpg", data, "image/jpeg")})
+            assert (r.status_code, r.json()) == (status, {"code": err.code, "detail": f"image: {err.detail}"}), name
+            r = client.post("/v1/compare", files=[("images", ("a", GOOD)), ("images", ("b", data))])
+            assert r.status_code == status and r.json()["detail"] == f"images[1]: {err.detail}", name
+        assert client.post("/v1/search", files={"image": ("a", GOOD)}).status_code == 200
+
+
 def test_odd_but_valid_images(client: TestClient) -> None:
     for image in (Image.new("RGB", (1, 1), (9, 9, 9)), Image.new("I;16", (20, 20), 40000), Image.new("LA", (9, 9))):
         r = client.post("/v1/search", files={"image": ("x.png", png_bytes(image))})
