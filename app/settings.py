@@ -37,9 +37,8 @@ class Settings(BaseSettings):
     batch_max_size: int | None = Field(default=None, ge=1, description="images per forward pass")
     batch_max_wait_ms: float = Field(default=3.0, ge=0)
     # Default: one per core with ONNX Runtime, else 1. With several, each instance decodes its own batch and
-    # uses one core while another pass runs (every core when alone). bench_service (2 cores), 1 vs 2 instances,
-    # requests/s: /v1/search 94 vs 86 for one client, 133 vs 135 at concurrency 8, 137 vs 146 at 32;
-    # /v1/compare 63 vs 61, 64 vs 77, 62 vs 78.
+    # uses one core while another pass runs (every core when alone). bench_service (2 cores), 2 vs 1 instance:
+    # even for one client and at concurrency 8, /v1/search 1.1x at 32 (147 vs 133 requests/s); BENCHMARKS.md.
     model_instances: int | None = Field(default=None, ge=1, description="forward passes that may run at once")
     queue_max: int = Field(default=128, ge=1, description="images waiting or being embedded; the excess gets 503")
     retry_after_s: int = Field(default=1, ge=0)
