@@ -36,6 +36,7 @@ from model.features import cached_features
 from model.losses import ContrastiveLoss, all_pairs, euclidean_distance
 from model.metrics import retrieval_metrics
 from model.network import ModelConfig
+from model.onnx_cache import INPUT_NAME, export_module
 from model.presets import EvalPreset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,19 +82,12 @@ def trunk_activations(backbone: EfficientNetLite0, paths: list[Path]) -> torch.T
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trunk.onnx"
-        torch.onnx.export(
-            Trunk(backbone).eval(),
-            (torch.zeros(1, 3, 224, 224),),
-            str(path),
-            input_names=["x"],
-            dynamic_axes={"x": {0: "n"}},
-            dynamo=False,
-        )
+        export_module(Trunk(backbone).eval(), torch.zeros(1, 3, 224, 224), path)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = []
     for batch in iter_batches(paths, EvalPreset(224), 64, workers=2):
         assert len(batch.ok) == len(batch.images), "every photo decodes"
-        views = [session.run(None, {"x": x.numpy()})[0] for x in (batch.images, batch.images.flip(-1))]
+        views = [session.run(None, {INPUT_NAME: x.numpy()})[0] for x in (batch.images, batch.images.flip(-1))]
         out.append(torch.from_numpy(np.stack(views, 1)).half())
     return torch.cat(out)
 

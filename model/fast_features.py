@@ -13,7 +13,6 @@ import copy
 import logging
 import tempfile
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,15 +23,15 @@ from tqdm import tqdm
 
 from model.checkpoint import content_hash
 from model.data import Item
-from model.engines import cpu_count, onnxruntime_available, session_options
+from model.engines import onnxruntime_available, session_options
 from model.export_compat import make_exportable
 from model.images import ImageError
-from model.parallel_embed import embed_in_workers
+from model.onnx_cache import INPUT_NAME, MIN_COSINE, export_module, min_cosine
+from model.parallel_embed import default_workers, embed_in_workers
 from model.presets import EvalPreset
 
 log = logging.getLogger(__name__)
 
-MIN_COSINE = 0.9999  # export vs eager on seeded noise; fp32 exports reach 0.99999+
 Features = Callable[[torch.Tensor], np.ndarray]
 _runners: dict[str, Features | None] = {}
 _lock = threading.Lock()
@@ -57,32 +56,21 @@ def _export_and_verify(backbone: nn.Module, image_size: int) -> Features | None:
     noise = torch.randn(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(1234))
     try:
         make_exportable(model, noise[:1])
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "backbone.onnx"
-            torch.onnx.export(
-                model,
-                (noise[:2],),
-                str(path),
-                input_names=["images"],
-                dynamic_axes={"images": {0: "batch"}},
-                do_constant_folding=True,
-                dynamo=False,
-            )
+            export_module(model, noise[:2], path)
             session = ort.InferenceSession(str(path), session_options(threads=1), providers=["CPUExecutionProvider"])
         with torch.inference_mode():
-            want = model(noise).numpy()
-        got = session.run(None, {"images": noise.numpy()})[0]
-        cos = (want * got).sum(1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
+            cos = min_cosine(model(noise).numpy(), session.run(None, {INPUT_NAME: noise.numpy()})[0])
     except Exception as exc:  # the exporter and ORT raise many types; PyTorch stays the answer
         log.info("features on PyTorch: the ONNX export failed (%s)", exc)
         return None
-    if float(cos.min()) < MIN_COSINE:
-        log.warning("features on PyTorch: the ONNX export differs (cosine %.6f)", float(cos.min()))
+    if cos < MIN_COSINE:
+        log.warning("features on PyTorch: the ONNX export differs (cosine %.6f)", cos)
         return None
 
     def run(batch: torch.Tensor) -> np.ndarray:
-        out: np.ndarray = session.run(None, {"images": batch.numpy()})[0]
+        out: np.ndarray = session.run(None, {INPUT_NAME: batch.numpy()})[0]
         return out
 
     return run
@@ -95,7 +83,7 @@ def features_in_workers(
     paths = [root / i.path for i in items]
     chunks = []
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
-        for part in embed_in_workers(paths, EvalPreset(image_size), run, workers=cpu_count() + 1):
+        for part in embed_in_workers(paths, EvalPreset(image_size), run, workers=default_workers()):
             if part.failures:
                 i, reason = min(part.failures.items())
                 raise ImageError("unreadable_image", f"{paths[i]}: {reason}")

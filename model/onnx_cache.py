@@ -76,21 +76,7 @@ def export_onnx(ckpt: Checkpoint, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of the dynamo one, which needs onnxscript;
-            # it traces this network exactly, and its warnings are not ours to act on.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper,
-                (verification_batch(ckpt, 2),),
-                tmp,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        export_module(wrapper, verification_batch(ckpt, 2), Path(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -99,12 +85,35 @@ def export_onnx(ckpt: Checkpoint, path: Path) -> None:
         raise
 
 
+def export_module(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Trace ``module`` (images -> one tensor, any batch size) to ONNX at ``path``: the project's one recipe."""
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of the dynamo one, which needs onnxscript;
+        # it traces these networks exactly, and its warnings are not ours to act on.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def min_cosine(reference: np.ndarray, got: np.ndarray) -> float:
+    """The smallest row-wise cosine between two (n, d) arrays: how far an export strays from eager PyTorch."""
+    cos = (reference * got).sum(1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(got, axis=1))
+    return float(cos.min())
+
+
 def check_matches(ckpt: Checkpoint, run: object, n: int = 3) -> float:
     """Minimum cosine between ``run(batch)`` (a numpy-in, numpy-out callable) and eager PyTorch."""
     batch = verification_batch(ckpt, n)
     model = ckpt.model
     with torch.inference_mode():
         reference = model.embed(batch.to(next(model.parameters()).device)).float().cpu().numpy()
-    got = run(batch.numpy())  # type: ignore[operator]
-    cos = (reference * got).sum(1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(got, axis=1))
-    return float(cos.min())
+    return min_cosine(reference, run(batch.numpy()))  # type: ignore[operator]

@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from model.batch_decode import decode_batch
+from model.engines import cpu_count
 from model.presets import EvalPreset
+
+
+def default_workers() -> int:
+    """One worker per core plus one (at most 8): a core that finishes a model call finds work waiting."""
+    return min(cpu_count() + 1, 8)
 
 
 @dataclass
