@@ -42,13 +42,13 @@ def _check(settings: Settings, key: str | None, scope: str) -> None:
     raise ServiceError(401, "invalid_api_key", "The API key is not valid.", challenge)
 
 
-def require_read(
+async def require_read(
     settings: Annotated[Settings, Depends(app_settings)], key: Annotated[str | None, Security(api_key_header)]
 ) -> None:
     _check(settings, key, "read")
 
 
-def require_write(
+async def require_write(
     settings: Annotated[Settings, Depends(app_settings)], key: Annotated[str | None, Security(api_key_header)]
 ) -> None:
     _check(settings, key, "write")

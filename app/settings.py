@@ -68,7 +68,7 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def app_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     """The settings the app was created with: the dependency of every route that reads them.
 
     Kept on ``app.state`` rather than in ``dependency_overrides``: an override makes FastAPI rebuild the
