@@ -32,6 +32,8 @@ from model.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
 
+INLINE_SEARCH_FLOATS = 2**20  # galleries up to this many stored floats are searched on the event loop
+
 
 def build_embedder(settings: Settings) -> Embedder:
     kwargs: dict[str, Any] = {"device": settings.device}
@@ -155,17 +157,17 @@ class Service:
         """Uploads -> unit embeddings (n, d) through the shared batcher; decoded in a worker thread, or by the
         model instance that takes them."""
         try:
-            with self.batcher.admit(len(uploads)):
+            with self.batcher.admit(len(uploads)) as admission:
                 if self._single_threaded:
                     for upload in uploads:
                         self._check_size(upload)
-                    vectors = await self.batcher.submit(uploads)
+                    vectors = await self.batcher.submit(uploads, admission)
                     errors = [u.error for u in uploads if u.error is not None]
                     if errors:
                         raise errors[0]
                 else:
                     crops = await to_thread.run_sync(lambda: [self._crop(u) for u in uploads])
-                    vectors = await self.batcher.submit(crops)
+                    vectors = await self.batcher.submit(crops, admission)
         except QueueFullError as exc:
             self.metrics.rejected.inc()
             retry = {"Retry-After": str(self.settings.retry_after_s)}
@@ -190,6 +192,10 @@ class Service:
         ]
 
     async def search(self, vectors: np.ndarray, k: int, label: str | None) -> list[list[Hit]]:
+        # A thread hop costs more than an exact search of a small gallery (about 0.1 ms for 4,000 items of 256
+        # floats), so that runs here; a larger gallery is searched in a worker thread, off the event loop.
+        if self.index.count * self.index.dim <= INLINE_SEARCH_FLOATS:
+            return self.index.search(vectors, k, label=label)
         return await to_thread.run_sync(lambda: self.index.search(vectors, k, label=label))
 
 

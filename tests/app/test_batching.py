@@ -95,6 +95,67 @@ def test_instances_run_passes_at_once_and_batch_what_waits_meanwhile() -> None:
     assert calls == [[0.0], [1.0], [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]]  # the six that waited: one pass
 
 
+def test_a_forming_batch_waits_for_admitted_requests_only_while_they_are_on_their_way() -> None:
+    """A request admitted and still decoding is worth waiting for; one whose answer is back (though it has not
+    released its admission yet) is not: the batch starts at once instead of idling for ``max_wait_s``."""
+    model = FakeModel(delay=0.0)
+
+    async def scenario() -> tuple[float, float]:
+        batcher = DynamicBatcher(model, max_batch=8, max_wait_s=2.0, max_queue=64)
+        batcher.start()
+
+        async def decoding_then_submit(x: float, decode_s: float) -> np.ndarray:
+            with batcher.admit(1) as admission:
+                await asyncio.sleep(decode_s)
+                return await batcher.submit([x], admission)
+
+        # 1. Two requests admitted together; one is slower to decode: the first waits for it (one pass).
+        start = time.monotonic()
+        await asyncio.gather(decoding_then_submit(1.0, 0.0), decoding_then_submit(2.0, 0.2))
+        waited = time.monotonic() - start
+
+        # 2. A request holds its admission after its answer came back (it is still writing its response).
+        with batcher.admit(1) as admission:
+            await batcher.submit([3.0], admission)
+            start = time.monotonic()
+            await decoding_then_submit(4.0, 0.0)  # nobody is on the way: no reason to wait
+            alone = time.monotonic() - start
+        await batcher.close()
+        return waited, alone
+
+    waited, alone = asyncio.run(scenario())
+    assert model.calls == [[1.0, 2.0], [3.0], [4.0]]
+    assert 0.15 < waited < 1.5  # it waited for the decoding request, not for the whole max_wait_s
+    assert alone < 1.0  # far below max_wait_s (2 s)
+
+
+def test_a_request_that_fails_before_submitting_stops_the_wait() -> None:
+    model = FakeModel(delay=0.0)
+
+    async def scenario() -> float:
+        batcher = DynamicBatcher(model, max_batch=8, max_wait_s=2.0, max_queue=64)
+        batcher.start()
+
+        async def failing() -> None:
+            with batcher.admit(1):
+                await asyncio.sleep(0.1)
+                raise ValueError("not an image")
+
+        async def good() -> np.ndarray:
+            with batcher.admit(1) as admission:
+                return await batcher.submit([5.0], admission)
+
+        start = time.monotonic()
+        results = await asyncio.gather(failing(), good(), return_exceptions=True)
+        elapsed = time.monotonic() - start
+        await batcher.close()
+        assert isinstance(results[0], ValueError)
+        return elapsed
+
+    assert asyncio.run(scenario()) < 1.0  # the good request did not sit out max_wait_s (2 s)
+    assert model.calls == [[5.0]]
+
+
 def test_queue_is_bounded_and_errors_reach_every_waiter() -> None:
     def broken(items: list[float]) -> np.ndarray:
         raise RuntimeError("boom")

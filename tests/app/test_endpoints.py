@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from PIL import Image
+from starlette.routing import BaseRoute
 
+import app.service
+from app.main import create_app
+from app.settings import Settings
 from model.embedder import Embedder
 from tests.app.conftest import ground_truth, png_bytes
 from tests.conftest import draw_shape
@@ -89,6 +98,51 @@ def test_search_label_filter_and_batch(client: TestClient) -> None:
     assert batch.status_code == 200, batch.text
     got = batch.json()["queries"]
     assert [[h["id"] for h in q] for q in got] == [[h["id"] for h in q] for q in single]
+
+
+def test_small_and_large_galleries_are_searched_alike(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small gallery is searched on the event loop, a large one in a worker thread: the same answers."""
+    query = png_bytes(draw_shape("green_squares", np.random.default_rng(9)))
+
+    def ranked() -> list[tuple[int, float]]:
+        r = client.post("/v1/search", files={"image": ("q.png", query)}, data={"k": "10", "label": "green_squares"})
+        assert r.status_code == 200, r.text
+        return [(h["id"], h["distance"]) for h in r.json()["results"]]
+
+    inline = ranked()
+    monkeypatch.setattr(app.service, "INLINE_SEARCH_FLOATS", 0)
+    assert ranked() == inline and len(inline) == 10
+
+
+def _dependency_calls(dependant: Dependant) -> Iterator[Callable[..., object]]:
+    for sub in dependant.dependencies:
+        if sub.call is not None:
+            yield sub.call
+        yield from _dependency_calls(sub)
+
+
+def _api_routes(routes: list[BaseRoute]) -> Iterator[APIRoute]:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        included = getattr(route, "original_router", None)  # an included router, in recent FastAPI
+        if included is not None:
+            yield from _api_routes(included.routes)
+
+
+def test_no_dependency_runs_in_the_thread_pool(settings: Settings) -> None:
+    """FastAPI runs a plain ``def`` dependency in its thread pool: a thread hop per request for what reads a few
+    attributes. Every dependency of every route is a coroutine (or an object with an async ``__call__``)."""
+    routes = list(_api_routes(create_app(settings).routes))
+    assert {"/v1/search", "/v1/compare", "/v1/gallery"} <= {r.path for r in routes}
+    checked = 0
+    for route in routes:
+        for call in _dependency_calls(route.dependant):
+            method = type(call).__call__  # a class instance such as APIKeyHeader: its __call__
+            is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(method)
+            assert is_async, f"{route.path}: {call} is not async"
+            checked += 1
+    assert checked > 10
 
 
 def test_similar_excludes_the_item(client: TestClient, embedder: Embedder, gallery_files: list[Path]) -> None:
