@@ -10,6 +10,9 @@ others). Two measurements, each on the CPU in a few minutes:
   contrastive loss (class-balanced batches, every pair) on cached block-11 activations of every training image
   and of its mirror image (the only augmentation a cache allows). Recall@1 of that embedding alone, and mixed
   with the frozen anchor at the anchored head's weight.
+- the backbone's own ImageNet classifier, its logits restricted to the gallery's breeds (each folder matched
+  to the ImageNet class of the same name): no training at all. The breeds of ../shared/data/dogs are
+  Imagewoof's, ten ImageNet breeds chosen to be hard to tell apart; the most frequent confusion is reported.
 ``--quick`` skips the fine-tuning.
 """
 
@@ -92,7 +95,8 @@ def trunk_activations(backbone: EfficientNetLite0, paths: list[Path]) -> torch.T
     return torch.cat(out)
 
 
-def linear_probe(feats: torch.Tensor, labels: torch.Tensor, train: np.ndarray, test: np.ndarray) -> float:
+def linear_probe(feats: torch.Tensor, labels: torch.Tensor, train: np.ndarray, test: np.ndarray) -> torch.Tensor:
+    """A linear classifier trained on the training photos; its predictions for the held-out ones."""
     torch.manual_seed(0)
     x = F.normalize(feats - feats[train].mean(0), dim=1) * 10  # centred unit features, a fixed temperature
     probe = nn.Linear(x.shape[1], int(labels.max()) + 1)
@@ -102,7 +106,41 @@ def linear_probe(feats: torch.Tensor, labels: torch.Tensor, train: np.ndarray, t
         F.cross_entropy(probe(x[train]), labels[train]).backward()
         opt.step()
     with torch.no_grad():
-        return float((probe(x[test]).argmax(1) == labels[test]).float().mean())
+        return probe(x[test]).argmax(1)
+
+
+def accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((predicted == labels).float().mean())
+
+
+def imagenet_classes(names: list[str]) -> list[int] | None:
+    """The ImageNet class index of each breed folder ("english_foxhound" -> "English foxhound"), or None when
+    a folder has no class of that name. The category names are torchvision's metadata (no download)."""
+    from torchvision.models import EfficientNet_B0_Weights
+
+    categories = [
+        c.lower().replace(" ", "_").replace("-", "_") for c in EfficientNet_B0_Weights.DEFAULT.meta["categories"]
+    ]
+    if not all(n in categories for n in names):
+        return None
+    return [categories.index(n) for n in names]
+
+
+def restricted_classifier(backbone: EfficientNetLite0, feats: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """Predicted breed (index into ``classes``) by the pretrained ImageNet head, among those classes only."""
+    with torch.inference_mode():
+        return backbone.classify(feats)[:, classes].argmax(1)
+
+
+def top_confusion(predicted: torch.Tensor, labels: torch.Tensor, names: list[str]) -> str:
+    """The pair of breeds mixed up most often (either way round) and its share of all errors."""
+    wrong = predicted != labels
+    pairs: dict[tuple[str, str], int] = {}
+    for a, b in zip(labels[wrong].tolist(), predicted[wrong].tolist(), strict=True):
+        first, second = sorted((names[a], names[b]))
+        pairs[first, second] = pairs.get((first, second), 0) + 1
+    (a, b), n = max(pairs.items(), key=lambda kv: kv[1])
+    return f"{a} / {b}: {n} of {int(wrong.sum())} errors"
 
 
 def fine_tune(
@@ -168,8 +206,20 @@ def run(quick: bool = False) -> str:
         f"| frozen backbone features | {recall_at_1(F.normalize(feats, dim=1)):.3f} |",
         f"| frozen features, centred | {recall_at_1(centred):.3f} |",
         "",
-        f"- Linear probe on the frozen features: held-out accuracy **{linear_probe(feats, labels, train, test):.3f}**.",
     ]
+    probe = linear_probe(feats, labels, train, test)
+    lines.append(
+        f"- Linear probe on the frozen features: held-out accuracy **{accuracy(probe, labels[test]):.3f}** "
+        f"(most confused: {top_confusion(probe, labels[test], names)})."
+    )
+    classes = imagenet_classes(names)
+    if classes is not None:
+        zero_shot = restricted_classifier(backbone, feats[test], classes)
+        lines.append(
+            f"- The pretrained ImageNet classifier among these {len(names)} breeds, untrained: held-out accuracy "
+            f"**{accuracy(zero_shot, labels[test]):.3f}** (most confused: "
+            f"{top_confusion(zero_shot, labels[test], names)})."
+        )
     if not quick:
         start = time.perf_counter()
         maps = trunk_activations(backbone, [gallery.root / i.path for i in items])
