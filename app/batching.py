@@ -5,12 +5,12 @@ decoding), then ``submit`` the prepared inputs with their admission. Forward pas
 dedicated threads (Triton's model instances: on a CPU, one single-threaded model call per core beats one call
 that spreads over every core and waits at its barriers), so the event loop never blocks.
 
-Each instance forms its own next batch as soon as it is free: it takes what is waiting, and while the batch is
-below ``max_batch`` and admitted requests are still on their way (decoding, not yet submitted), it waits at
-most ``max_wait_s`` for them. While every instance is busy, new requests queue up and form the next, larger
-batch (Triton's dynamic batcher, in miniature). The event loop is not on the path from one pass to the next:
-it only hands jobs in and results out (measured: a round trip through a busy loop between passes left the
-cores idle a tenth of the time).
+Each instance forms its own next batch as soon as it is free: it takes what is waiting (with several
+instances, its share of it), and while the batch is below ``max_batch`` and admitted requests are still on
+their way (decoding, not yet submitted), it waits at most ``max_wait_s`` for them. While every instance is
+busy, new requests queue up and form the next, larger batch (Triton's dynamic batcher, in miniature). The
+event loop is not on the path from one pass to the next: it only hands jobs in and results out (measured: a
+round trip through a busy loop between passes left the cores idle a tenth of the time).
 """
 
 from __future__ import annotations
@@ -155,12 +155,20 @@ class DynamicBatcher(Generic[T]):
                 if self._closing:
                     return None
                 self._cond.wait()
+            limit = self.max_batch
+            if self.instances > 1:
+                # Take a share of what is queued (half of it with two instances): one instance taking it all
+                # leaves the others nothing to do until new requests arrive (measured at concurrency 8 with 2
+                # instances: passes of 5-7 images beside passes of 1; shared, 3 % more requests/s and p99 96 ->
+                # 73 ms).
+                queued = sum(len(job.items) for job in self._pending)
+                limit = min(limit, -(-queued // self.instances))
             batch = [self._pending.popleft()]
             size = len(batch[0].items)
             deadline = time.monotonic() + self.max_wait_s
-            while self.enabled and size < self.max_batch:
+            while self.enabled and size < limit:
                 if self._pending:
-                    if size + len(self._pending[0].items) > self.max_batch:
+                    if size + len(self._pending[0].items) > limit:
                         break
                     job = self._pending.popleft()
                     batch.append(job)
