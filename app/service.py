@@ -1,7 +1,8 @@
 """The loaded service: embedder, gallery index and batcher, and the work each request hands off to them.
 
-CPU work (decoding, re-encoding, searching, saving) runs in worker threads via ``anyio``; the forward pass
-runs on the batcher's own thread. Nothing here runs on the event loop for long.
+CPU work (decoding, re-encoding, searching a large gallery, saving) runs in worker threads via ``anyio``; the
+forward pass runs on the batcher's instance threads. Nothing here runs on the event loop for long: a search of
+a small gallery does, because it takes less time than the thread hop.
 """
 
 from __future__ import annotations
