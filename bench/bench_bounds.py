@@ -24,6 +24,7 @@ import datetime as dt
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -135,11 +136,9 @@ def restricted_classifier(backbone: EfficientNetLite0, feats: torch.Tensor, clas
 def top_confusion(predicted: torch.Tensor, labels: torch.Tensor, names: list[str]) -> str:
     """The pair of breeds mixed up most often (either way round) and its share of all errors."""
     wrong = predicted != labels
-    pairs: dict[tuple[str, str], int] = {}
-    for a, b in zip(labels[wrong].tolist(), predicted[wrong].tolist(), strict=True):
-        first, second = sorted((names[a], names[b]))
-        pairs[first, second] = pairs.get((first, second), 0) + 1
-    (a, b), n = max(pairs.items(), key=lambda kv: kv[1])
+    mixed_up = zip(labels[wrong].tolist(), predicted[wrong].tolist(), strict=True)
+    pairs = Counter(tuple(sorted((names[t], names[p]))) for t, p in mixed_up)
+    ((a, b), n), *_ = pairs.most_common(1)
     return f"{a} / {b}: {n} of {int(wrong.sum())} errors"
 
 
