@@ -65,12 +65,13 @@ class DynamicBatcher(Generic[T]):
         enabled: bool = True,
         instances: int = 1,
         on_batch: Callable[[int], None] | None = None,
+        initializer: Callable[[], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0 or instances < 1:
             raise ValueError("max_batch, max_queue and instances must be >= 1 and max_wait_s >= 0.")
         self.embed_fn, self.max_batch, self.max_wait_s = embed_fn, max_batch, max_wait_s
         self.max_queue, self.enabled, self.on_batch = max_queue, enabled, on_batch
-        self.instances = instances
+        self.instances, self.initializer = instances, initializer
         self.depth = 0  # images admitted and not finished: waiting, decoding or in a forward pass
         self.batches = 0
         # Shared with the instance threads, under the condition's lock: the queue, what is still on its way,
@@ -142,6 +143,8 @@ class DynamicBatcher(Generic[T]):
     # -- instance threads -------------------------------------------------------------------------------------
     def _instance(self) -> None:
         try:
+            if self.initializer is not None:
+                self.initializer()
             while (batch := self._next_batch()) is not None:
                 self._forward(batch)
         finally:

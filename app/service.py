@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 INLINE_SEARCH_FLOATS = 2**20  # galleries up to this many stored floats are searched on the event loop
 
 
+def _one_torch_thread() -> None:
+    # Single-threaded instances are the parallelism: torch's own threads (the batch's normalisation) only add
+    # wake-ups and spinning (measured with the model skipped: 2.22 -> 2.16 CPU ms per /v1/search request).
+    # Threads started afterwards inherit the setting; the serving process does no other heavy torch work.
+    torch.set_num_threads(1)
+
+
 def build_embedder(settings: Settings) -> Embedder:
     kwargs: dict[str, Any] = {"device": settings.device}
     if "engine" in inspect.signature(Embedder).parameters:
@@ -87,6 +94,7 @@ class Service:
             enabled=s.batching,
             instances=instances,
             on_batch=self.metrics.batch_size.observe,
+            initializer=_one_torch_thread if self._single_threaded else None,
         )
         self.metrics.bind(lambda: self.batcher.depth, lambda: self.index.count)
 

@@ -61,6 +61,26 @@ def test_concurrent_jobs_share_passes(enabled: bool, instances: int) -> None:
     assert batcher.depth == 0 and batcher.batches == len(model.calls)
 
 
+def test_each_instance_thread_runs_the_initializer_before_its_passes() -> None:
+    initialised: list[str] = []
+    passes: list[tuple[str, bool]] = []
+
+    def model(items: list[float]) -> np.ndarray:
+        name = threading.current_thread().name
+        passes.append((name, name in initialised))
+        time.sleep(0.01)
+        return np.array([[x, 2 * x] for x in items], dtype=np.float32)
+
+    def initializer() -> None:
+        time.sleep(0.02)  # a slow initializer still comes first
+        initialised.append(threading.current_thread().name)
+
+    batcher = DynamicBatcher(model, max_batch=2, max_queue=64, instances=2, initializer=initializer)
+    asyncio.run(_submit_all(batcher, [[float(i)] for i in range(8)]))
+    assert sorted(initialised) == ["imgsim-embed-0", "imgsim-embed-1"]
+    assert passes and all(ready for _, ready in passes)
+
+
 def test_instances_run_passes_at_once_and_share_what_waits_meanwhile() -> None:
     running, most = 0, 0
     lock = threading.Lock()
