@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 import torch
 
-from bench.http_load import multipart_request, run_load
+from bench.http_load import LoadResult, multipart_request, run_load
 from index import GalleryIndex, NewItem
 from model.batch_decode import decode_tensor
 from model.checkpoint import Checkpoint, save_checkpoint
@@ -206,11 +206,10 @@ def requests_for(endpoint: str, queries: list[bytes], host: str) -> list[bytes]:
     ]
 
 
-def load(base: str, endpoint: str, queries: list[bytes], concurrency: int, total: int) -> tuple[float, list[float]]:
+def load(base: str, endpoint: str, queries: list[bytes], concurrency: int, total: int) -> LoadResult:
     url = httpx.URL(base)
     assert url.port is not None
-    result = asyncio.run(run_load(url.host, url.port, requests_for(endpoint, queries, url.host), concurrency, total))
-    return result.seconds, result.latencies
+    return asyncio.run(run_load(url.host, url.port, requests_for(endpoint, queries, url.host), concurrency, total))
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -240,11 +239,11 @@ def measure(servers: dict[str, tuple[str, int]], queries: list[bytes], quick: bo
                 for mode, (base, pid) in order if rep % 2 == 0 else order[::-1]:
                     s0, n0 = batch_stats(base)
                     cpu0 = process_cpu_seconds(pid)
-                    seconds, lat = load(base, endpoint, queries, c, n)
+                    result = load(base, endpoint, queries, c, n)
                     cpu[mode].append(1000 * (process_cpu_seconds(pid) - cpu0) / n)
                     s1, n1 = batch_stats(base)
-                    rates[mode].append(n / seconds)
-                    lats[mode] += lat
+                    rates[mode].append(n / result.seconds)
+                    lats[mode] += result.latencies
                     batch_sums[mode][0] += s1 - s0
                     batch_sums[mode][1] += n1 - n0
             for mode in servers:
@@ -276,15 +275,12 @@ class Overhead:
 
 
 def measure_overhead(base: str, pid: int, queries: list[bytes], quick: bool) -> Overhead:
-    url = httpx.URL(base)
-    assert url.port is not None
-    requests = requests_for("search", queries, url.host)
-    asyncio.run(run_load(url.host, url.port, requests, 8, 64))  # warm-up
+    load(base, "search", queries, 8, 64)  # warm-up
     n = 200 if quick else 1000
     rates, server, client = [], [], []
     for _ in range(1 if quick else 3):
         cpu0 = process_cpu_seconds(pid)
-        result = asyncio.run(run_load(url.host, url.port, requests, 8, n))
+        result = load(base, "search", queries, 8, n)
         server.append(1000 * (process_cpu_seconds(pid) - cpu0) / n)
         rates.append(n / result.seconds)
         client.append(result.client_cpu_ms)
