@@ -31,10 +31,10 @@ from model.embedder import Embedder
 from model.engines import OnnxEngine, cpu_count
 from model.metrics import retrieval_metrics
 from model.network import ModelConfig, SiameseNetwork
+from model.parallel_embed import CHUNK, default_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 DOGS = Path(os.environ.get("IMGSIM_DOGS", ROOT.parent / "shared" / "data" / "dogs"))
-CHUNK = 32  # images per model call on the CPU, as in Embedder.embed_files
 
 
 def bench_checkpoint() -> Path:
@@ -116,7 +116,7 @@ def run(quick: bool = False) -> str:
     preset = fast.preset
     decoded = [b.images for b in iter_batches(photos, preset, CHUNK, workers=cpu_count())]
     fast.embed_files(photos[:64], progress=False)  # warm-up: ORT allocations, page cache
-    workers = cpu_count() + 1  # embed_files' default on the CPU
+    workers = default_workers()  # embed_files' default on the CPU
 
     rows: dict[str, dict[str, float]] = {}
     rows["fast end-to-end"] = measure(lambda: fast.embed_files(photos, progress=False), len(photos), repeats)

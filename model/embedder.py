@@ -22,7 +22,7 @@ from tqdm import tqdm
 from model.batch_decode import iter_batches
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.engines import Engine, OnnxEngine, build_engine, cpu_count
-from model.parallel_embed import EmbeddedChunk, default_workers, embed_in_workers
+from model.parallel_embed import CHUNK, EmbeddedChunk, default_workers, embed_in_workers
 from model.presets import EvalPreset
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Embedder:
     def _embedded_chunks(self, files: list[Path], batch_size: int, workers: int | None) -> Iterator[EmbeddedChunk]:
         if isinstance(self.engine, OnnxEngine) and workers != 0:
             workers = default_workers() if workers is None else workers
-            chunk = min(batch_size, 32)  # enough chunks for every worker, and no long tail at the end
+            chunk = min(batch_size, CHUNK)
             yield from embed_in_workers(files, self.preset, self.engine.run_single_threaded, workers, chunk)
             return
         workers = min(cpu_count(), 8) if workers is None else workers

@@ -24,6 +24,8 @@ from model.batch_decode import decode_batch
 from model.engines import cpu_count
 from model.presets import EvalPreset
 
+CHUNK = 32  # images per model call: enough chunks for every worker, and no long tail at the end
+
 
 def default_workers() -> int:
     """One worker per core plus one (at most 8): a core that finishes a model call finds work waiting."""
@@ -46,7 +48,7 @@ def embed_in_workers(
     preset: EvalPreset,
     forward: Callable[[torch.Tensor], np.ndarray],
     workers: int,
-    chunk: int = 32,
+    chunk: int = CHUNK,
 ) -> Iterator[EmbeddedChunk]:
     """Chunks of ``paths`` in input order, embedded by ``workers`` threads, at most two chunks per worker ahead.
 
