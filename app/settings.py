@@ -32,13 +32,13 @@ class Settings(BaseSettings):
 
     # Dynamic batching and the bounded queue.
     batching: bool = True
-    # Default: 64 on CUDA; 8 on CPU, where bench_service measured 1.11x the /v1/search throughput of one
-    # image per pass at concurrency 8 and 1.37x at 32, with lower latency.
+    # Default: 64 on CUDA; 8 on CPU, where bench_service measured 1.39x the /v1/search throughput of one
+    # image per pass at concurrency 8 and 1.48x at 32, with lower latency (BENCHMARKS.md).
     batch_max_size: int | None = Field(default=None, ge=1, description="images per forward pass")
     batch_max_wait_ms: float = Field(default=3.0, ge=0)
     # Default: one per core with ONNX Runtime, else 1. With several, each instance decodes its own batch and
     # uses one core while another pass runs (every core when alone). bench_service (2 cores), 2 vs 1 instance:
-    # even for one client and at concurrency 8, /v1/search 1.1x at 32 (147 vs 133 requests/s); BENCHMARKS.md.
+    # /v1/search 103 vs 92 requests/s for one client, 148 vs 144 at concurrency 8, 158 vs 147 at 32; BENCHMARKS.md.
     model_instances: int | None = Field(default=None, ge=1, description="forward passes that may run at once")
     queue_max: int = Field(default=128, ge=1, description="images waiting or being embedded; the excess gets 503")
     retry_after_s: int = Field(default=1, ge=0)

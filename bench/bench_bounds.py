@@ -1,9 +1,9 @@
-"""What caps closed-set Recall@1 on ../shared/data/dogs with efficientnet-lite0: two bounds on the default split.
+"""What caps closed-set Recall@1 on ../shared/data/dogs with efficientnet-lite0: bounds on the default split.
 
     .venv/bin/python -m bench.bench_bounds [--quick]
 
 The closed split is ``imgsim train``'s default (seed 0, 20 % of every breed held out, queried against all the
-others). Two measurements, each on the CPU in a few minutes:
+others). Three measurements, each on the CPU in a few minutes:
 - linear probe: a softmax classifier on the frozen, centred unit features of the training images. Its
   held-out accuracy bounds how well any head on these features can tell the breeds apart.
 - partial fine-tuning: a copy of the last four MBConv blocks and the head convolution, trained with the
