@@ -9,11 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model.images import ImageError
+from model.core.images import ImageError
 
 log = logging.getLogger(__name__)
 
-# model.images.ImageError codes -> HTTP status (RELIABILITY.md).
+# model.core.images.ImageError codes -> HTTP status (RELIABILITY.md).
 IMAGE_ERROR_STATUS = {
     "empty_image": 422,
     "unsupported_format": 415,

@@ -15,7 +15,7 @@ from app.media import encode_jpeg, shrink, write_atomic
 from app.schemas import GalleryItem
 from app.service import Service
 from index import IndexConflictError, ItemRecord, NewItem
-from model.images import ImageError, load_image
+from model.core.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
 

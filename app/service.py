@@ -26,10 +26,10 @@ from app.metrics import Metrics
 from app.schemas import ModelInfo, SearchHit
 from app.settings import Settings
 from index import GalleryIndex, Hit
-from model.batch_decode import decode_tensor
-from model.embedder import Embedder
-from model.engines import OnnxEngine, cpu_count
-from model.images import ImageError, load_image
+from model.core.images import ImageError, load_image
+from model.inference.decode import decode_tensor
+from model.inference.embedder import Embedder
+from model.inference.engines import OnnxEngine, cpu_count
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_training [--quick]
 
-Both modes run the real step of ``model.steps`` (contrastive loss over every pair of a class-balanced batch)
+Both modes run the real step of ``model.training.loop`` (contrastive loss over every pair of a class-balanced batch)
 on the default architecture (efficientnet-lite0, anchored 256-d head). Inputs are fixed random tensors of
 the right shape, so only the optimisation is timed: decoding is measured by bench_embedding. Medians over
 repeats, both modes in the same run.
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from bench.bench_embedding import machine_line
-from model.losses import ContrastiveLoss, all_pairs
-from model.network import ModelConfig, SiameseNetwork
-from model.steps import StepContext, step_loss
+from model.core.network import ModelConfig, SiameseNetwork
+from model.training.loop import StepContext, step_loss
+from model.training.losses import ContrastiveLoss, all_pairs
 
 CLASSES, M_PER_CLASS = 10, 8  # the defaults on ../shared/data/dogs: 80 images, 3,160 pairs per batch
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from model.checkpoint import Checkpoint, save_checkpoint
-from model.network import ModelConfig, SiameseNetwork
+from model.core.checkpoint import Checkpoint, save_checkpoint
+from model.core.network import ModelConfig, SiameseNetwork
 
 DOGS = Path(os.environ.get("IMGSIM_TEST_DOGS", Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs"))
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from app.cli import main
-from model.checkpoint import load_checkpoint
-from model.embedder import Embedder
-from model.images import load_image
+from model.core.checkpoint import load_checkpoint
+from model.core.images import load_image
+from model.inference.embedder import Embedder
 
 TINY = [
     "--backbone",
@@ -105,7 +105,7 @@ def test_frozen_mode_trains_the_head_only_on_cached_features(synthetic_gallery: 
     assert main(train_argv(synthetic_gallery, run, *options)) == 0
     assert list((run / "cache").glob("features-*.pt"))
     trained = load_checkpoint(run / "best.pt").model
-    from model.backbones import build_backbone
+    from model.core.backbones import build_backbone
 
     pretrained = build_backbone("efficientnet-lite0", pretrained=True).state_dict()
     for key, value in trained.backbone.state_dict().items():
@@ -147,7 +147,7 @@ def test_ddp_with_two_cpu_processes(synthetic_gallery: Path, tmp_path: Path) -> 
         "--nproc_per_node",
         "2",
         "-m",
-        "model.train",
+        "model.training.train",
         "--data",
         str(synthetic_gallery),
         "--out",
@@ -171,7 +171,7 @@ def test_finetune_mode_trains_a_pretrained_backbone(synthetic_gallery: Path, tmp
     run = tmp_path / "finetune"
     options = ["--mode", "finetune", *SMALL, "--no-progress", "--max-steps", "2", "--lr", "1e-2"]
     assert main(train_argv(synthetic_gallery, run, *options)) == 0
-    from model.backbones import build_backbone
+    from model.core.backbones import build_backbone
 
     trained = load_checkpoint(run / "best.pt").model.backbone.state_dict()
     pretrained = build_backbone("efficientnet-lite0", pretrained=True).state_dict()

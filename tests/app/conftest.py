@@ -22,8 +22,8 @@ from PIL import Image
 from app.main import create_app
 from app.settings import Settings
 from index import GalleryIndex, NewItem
-from model.embedder import Embedder
-from model.images import load_image
+from model.core.images import load_image
+from model.inference.embedder import Embedder
 
 
 def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.settings import Settings
-from model.images import ImageError, load_image
+from model.core.images import ImageError, load_image
 from tests.app.conftest import png_bytes, running
 from tests.conftest import draw_shape
 

@@ -1,6 +1,6 @@
 """Batch embedding of images and files with a trained checkpoint: what the index and the service call.
 
-``Embedder`` owns the checkpoint, an inference engine (see :mod:`model.engines`: ONNX Runtime on CPU,
+``Embedder`` owns the checkpoint, an inference engine (see :mod:`model.inference.engines`: ONNX Runtime on CPU,
 fp16 PyTorch on CUDA, eager PyTorch as the reference) and the eval transform. ``embed_files`` decodes in a
 thread pool a few batches ahead of the forward pass (on the GPU for JPEGs when running on CUDA), so
 end-to-end speed approaches forward-only speed.
@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from model.batch_decode import iter_batches
-from model.checkpoint import Checkpoint, load_checkpoint
-from model.engines import Engine, OnnxEngine, build_engine, cpu_count
-from model.parallel_embed import CHUNK, EmbeddedChunk, default_workers, embed_in_workers
-from model.presets import EvalPreset
+from model.core.checkpoint import Checkpoint, load_checkpoint
+from model.core.presets import EvalPreset
+from model.inference.decode import iter_batches
+from model.inference.engines import Engine, OnnxEngine, build_engine, cpu_count
+from model.inference.workers import CHUNK, EmbeddedChunk, default_workers, embed_in_workers
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class Embedder:
         workers = min(cpu_count(), 8) if workers is None else workers
         decode = None
         if self.gpu_decode:
-            from model.gpu_decode import decode_batch_cuda
+            from model.inference.gpu_decode import decode_batch_cuda
 
             decode = partial(decode_batch_cuda, device=self.device)
         # nvJPEG wants whole batches per call; on the CPU, chunks of 8 let every thread work on one batch.

@@ -5,7 +5,7 @@ Two modes share one loop:
   disk), and only the embedding head trains: seconds per epoch on a CPU.
 - ``finetune``: the whole network trains on augmented images, the backbone at a lower learning rate.
 
-``torchrun --nproc_per_node N -m model.train ...`` runs the same command with DDP (NCCL on CUDA, gloo on CPU).
+``torchrun --nproc_per_node N -m model.training.train ...`` runs the same command with DDP (NCCL on CUDA, gloo on CPU).
 """
 
 from __future__ import annotations
@@ -27,19 +27,19 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from model.checkpoint import Checkpoint, library_versions, load_checkpoint, save_checkpoint
-from model.data import Gallery, gallery_fingerprint, make_splits, scan_gallery
-from model.datasets import ImageItems
-from model.embedder import resolve_device
-from model.evaluate import EvalSet, evaluate_sets
-from model.features import cached_features
-from model.losses import ContrastiveLoss
-from model.network import ModelConfig, SiameseNetwork
-from model.plots import plot_loss
-from model.presets import TrainPreset
-from model.sampling import ClassBalancedBatchSampler
-from model.steps import PairBatches, StepContext, train_one_epoch, validation_loss
-from model.train_args import check_args, get_args_parser
+from model.core.checkpoint import Checkpoint, library_versions, load_checkpoint, save_checkpoint
+from model.core.network import ModelConfig, SiameseNetwork
+from model.core.presets import TrainPreset
+from model.data.datasets import ImageItems
+from model.data.galleries import Gallery, gallery_fingerprint, make_splits, scan_gallery
+from model.data.sampling import ClassBalancedBatchSampler
+from model.evaluation.evaluate import EvalSet, evaluate_sets
+from model.evaluation.plots import plot_loss
+from model.inference.embedder import resolve_device
+from model.inference.features import cached_features
+from model.training.args import check_args, get_args_parser
+from model.training.loop import PairBatches, StepContext, train_one_epoch, validation_loss
+from model.training.losses import ContrastiveLoss
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from model.data import Item
-from model.images import load_image
+from model.core.images import load_image
+from model.data.galleries import Item
 
 
 class ImageItems(Dataset[tuple[torch.Tensor, int]]):

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.checkpoint import Checkpoint, content_hash
-from model.export_compat import make_exportable
-from model.network import SiameseNetwork
+from model.core.checkpoint import Checkpoint, content_hash
+from model.core.network import SiameseNetwork
+from model.inference.export_compat import make_exportable
 
 log = logging.getLogger(__name__)
 

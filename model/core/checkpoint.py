@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from model.network import ModelConfig, SiameseNetwork
+from model.core.network import ModelConfig, SiameseNetwork
 
 FORMAT_VERSION = 1
 

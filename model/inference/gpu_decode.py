@@ -2,7 +2,7 @@
 
 On a GPU machine the CPU cores, not the GPU, limit end-to-end embedding: decoding moves to the device. The
 CPU still reads and sniffs every file with Pillow (header only: format allow-list, pixel cap, EXIF
-orientation), so the same inputs are accepted and refused as by :func:`model.images.load_image`. Plain
+orientation), so the same inputs are accepted and refused as by :func:`model.core.images.load_image`. Plain
 baseline RGB/greyscale JPEGs with no rotation are decoded on the GPU; anything else (PNG, CMYK, rotated,
 or a JPEG nvJPEG refuses) takes the CPU path, so results never depend on which path ran.
 """
@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from model.batch_decode import DecodedBatch, decode_one, plain_jpeg
-from model.images import ImageError
-from model.presets import EvalPreset
+from model.core.images import ImageError
+from model.core.presets import EvalPreset
+from model.inference.decode import DecodedBatch, decode_one, plain_jpeg
 
 log = logging.getLogger(__name__)
 
 def decode_batch_cuda(paths: Sequence[Path], start: int, preset: EvalPreset, device: torch.device) -> DecodedBatch:
-    """Like :func:`model.batch_decode.decode_batch`, with JPEGs decoded on ``device``."""
+    """Like :func:`model.inference.decode.decode_batch`, with JPEGs decoded on ``device``."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     crops: dict[int, torch.Tensor] = {}

@@ -5,7 +5,7 @@ model's parallel barriers whenever a decoder thread takes one of them. Here each
 of work from file to embedding: decode a chunk, then run the model on it with one intra-op thread. With one
 worker more than there are cores, a core that finishes a model call always finds a chunk to decode or run.
 Measured on 2 cores (BENCHMARKS.md): end-to-end closer to forward-only than the decoder-threads-plus-one-
-model design of :func:`model.batch_decode.iter_batches`, which stays the path for CUDA.
+model design of :func:`model.inference.decode.iter_batches`, which stays the path for CUDA.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.batch_decode import decode_batch
-from model.engines import cpu_count
-from model.presets import EvalPreset
+from model.core.presets import EvalPreset
+from model.inference.decode import decode_batch
+from model.inference.engines import cpu_count
 
 CHUNK = 32  # images per model call: enough chunks for every worker, and no long tail at the end
 

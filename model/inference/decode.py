@@ -1,6 +1,6 @@
 """Files -> normalised batches for the encoder, decoded by a thread pool ahead of the forward pass.
 
-Each file goes through :func:`model.images.load_image` (sniffing, pixel cap, ``draft``, EXIF, RGB), then the
+Each file goes through :func:`model.core.images.load_image` (sniffing, pixel cap, ``draft``, EXIF, RGB), then the
 eval preset's two steps: ``crop`` (resize and centre-crop on uint8) per file, then one ``normalise`` per batch.
 The numbers equal ``EvalPreset`` bit for bit.
 
@@ -24,8 +24,8 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from model.images import ALLOWED_FORMATS, MAX_PIXELS, ImageError, load_image
-from model.presets import EvalPreset
+from model.core.images import ALLOWED_FORMATS, MAX_PIXELS, ImageError, load_image
+from model.core.presets import EvalPreset
 
 log = logging.getLogger(__name__)
 

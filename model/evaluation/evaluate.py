@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.backbones import build_backbone
-from model.data import Item
-from model.features import cached_features, compute_features
-from model.metrics import calibrate_threshold, retrieval_metrics, sample_pairs, verification_metrics
-from model.network import SiameseNetwork, frozen_embedding
+from model.core.backbones import build_backbone
+from model.core.network import SiameseNetwork, frozen_embedding
+from model.data.galleries import Item
+from model.evaluation.metrics import calibrate_threshold, retrieval_metrics, sample_pairs, verification_metrics
+from model.inference.features import cached_features, compute_features
 
 N_PAIRS = 4000
 

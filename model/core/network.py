@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.backbones import build_backbone
+from model.core.backbones import build_backbone
 
 HEADS = ("anchored", "residual", "mlp")
 

@@ -19,8 +19,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from model.checkpoint import Checkpoint
-from model.onnx_cache import INPUT_NAME, MIN_COSINE, check_matches, export_onnx, onnx_path
+from model.core.checkpoint import Checkpoint
+from model.inference.onnx_export import INPUT_NAME, MIN_COSINE, check_matches, export_onnx, onnx_path
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class OnnxEngine:
 
     def run_single_threaded(self, batch: torch.Tensor) -> np.ndarray:
         """``self(batch)`` on a second session with one intra-op thread, for callers that run one call per core
-        at once (see :mod:`model.parallel_embed`). ORT sessions are thread-safe; this one opens on first use."""
+        at once (see :mod:`model.inference.workers`). ORT sessions are thread-safe; this one opens on first use."""
         with self._lock:
             if self._single is None:
                 import onnxruntime as ort

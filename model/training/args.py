@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from model.network import HEADS
-from model.sampling import SAMPLERS
+from model.core.network import HEADS
+from model.data.sampling import SAMPLERS
 
 MODES = ("frozen", "finetune")
 

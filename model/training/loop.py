@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from model.losses import ContrastiveLoss, all_pairs, euclidean_distance
-from model.sampling import ClassBalancedBatchSampler, article_pairs
+from model.data.sampling import ClassBalancedBatchSampler, article_pairs
+from model.training.losses import ContrastiveLoss, all_pairs, euclidean_distance
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.images import is_image_file
+from model.core.images import is_image_file
 
 _WNID_PREFIX = re.compile(r"^n\d{8}-")
 

@@ -12,12 +12,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model.backbones import Backbone
-from model.checkpoint import content_hash
-from model.data import Item
-from model.datasets import ImageItems
-from model.fast_features import features_in_workers, onnx_features
-from model.presets import EvalPreset
+from model.core.backbones import Backbone
+from model.core.checkpoint import content_hash
+from model.core.presets import EvalPreset
+from model.data.datasets import ImageItems
+from model.data.galleries import Item
+from model.inference.onnx_features import features_in_workers, onnx_features
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def compute_features(
 ) -> torch.Tensor:
     """``(len(items), feature_dim)`` float32 on CPU, in the order of ``items``.
 
-    On the CPU through ONNX Runtime when the backbone exports (see :mod:`model.fast_features`), else PyTorch.
+    On the CPU through ONNX Runtime when the backbone exports (see :mod:`model.inference.onnx_features`), else PyTorch.
     """
     device = device or next(backbone.parameters()).device
     if device.type == "cpu" and items:

@@ -2,7 +2,7 @@
 
 Computing features is most of a frozen-mode training run (eager PyTorch: about 20 images/s for
 efficientnet-lite0 on 2 cores). The backbone is exported once per process and weights (keyed by their hash),
-verified against eager PyTorch, and run the way :meth:`model.embedder.Embedder.embed_files` runs the encoder:
+verified against eager PyTorch, and run the way :meth:`model.inference.embedder.Embedder.embed_files` runs the encoder:
 a worker per core plus one, each decoding a chunk and making a single-threaded model call. Anything that
 keeps it from working (no onnxruntime, an export error, a mismatch) leaves the caller on the PyTorch path.
 """
@@ -21,14 +21,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model.checkpoint import content_hash
-from model.data import Item
-from model.engines import onnxruntime_available, session_options
-from model.export_compat import make_exportable
-from model.images import ImageError
-from model.onnx_cache import INPUT_NAME, MIN_COSINE, export_module, min_cosine
-from model.parallel_embed import default_workers, embed_in_workers
-from model.presets import EvalPreset
+from model.core.checkpoint import content_hash
+from model.core.images import ImageError
+from model.core.presets import EvalPreset
+from model.data.galleries import Item
+from model.inference.engines import onnxruntime_available, session_options
+from model.inference.export_compat import make_exportable
+from model.inference.onnx_export import INPUT_NAME, MIN_COSINE, export_module, min_cosine
+from model.inference.workers import default_workers, embed_in_workers
 
 log = logging.getLogger(__name__)
 
