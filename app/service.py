@@ -26,10 +26,11 @@ from app.metrics import Metrics
 from app.schemas import ModelInfo, SearchHit
 from app.settings import Settings
 from index import GalleryIndex, Hit
+from model.core.device import cpu_count
 from model.core.images import ImageError, load_image
 from model.inference.decode import decode_tensor
 from model.inference.embedder import Embedder
-from model.inference.engines import OnnxEngine, cpu_count
+from model.inference.engines import OnnxEngine
 
 log = logging.getLogger(__name__)
 

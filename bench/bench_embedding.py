@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from model.core.checkpoint import Checkpoint, save_checkpoint
+from model.core.device import cpu_count
 from model.core.network import ModelConfig, SiameseNetwork
 from model.evaluation.metrics import retrieval_metrics
 from model.inference.decode import iter_batches
 from model.inference.embedder import Embedder
-from model.inference.engines import OnnxEngine, cpu_count
+from model.inference.engines import OnnxEngine
 from model.inference.workers import CHUNK, default_workers
 
 ROOT = Path(__file__).resolve().parents[1]

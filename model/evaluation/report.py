@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 
 from model.core.checkpoint import load_checkpoint
+from model.core.device import resolve_device
 from model.core.images import load_image
 from model.data.galleries import scan_gallery
 from model.evaluation.evaluate import EvalResult, EvalSet, evaluate_sets
 from model.evaluation.metrics import roc_curve
 from model.evaluation.plots import plot_distance_histogram, plot_montage, plot_roc
-from model.inference.embedder import Embedder, resolve_device
+from model.inference.embedder import Embedder
 
 REPORT_KEYS = (
     "recall_at_1",

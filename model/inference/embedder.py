@@ -20,22 +20,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.core.checkpoint import Checkpoint, load_checkpoint
+from model.core.device import cpu_count, resolve_device
 from model.core.presets import EvalPreset
 from model.inference.decode import iter_batches
-from model.inference.engines import Engine, OnnxEngine, build_engine, cpu_count
+from model.inference.engines import Engine, OnnxEngine, build_engine
 from model.inference.workers import CHUNK, EmbeddedChunk, default_workers, embed_in_workers
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} was asked for, but CUDA is not available on this machine.")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"Unknown device {device!r}. Only auto, cpu, cuda and cuda:N are supported.")
-    return torch.device(device)
 
 
 @dataclass

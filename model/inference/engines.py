@@ -11,7 +11,6 @@ the CPU per image but moves embeddings to cosine 0.98 min / 0.994 mean, and need
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from model.core.checkpoint import Checkpoint
+from model.core.device import cpu_count
 from model.inference.onnx_export import INPUT_NAME, MIN_COSINE, check_matches, export_onnx, onnx_path
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,6 @@ class Engine(Protocol):
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         """Normalised images (n, 3, h, w) -> unit-length embeddings (n, d) float32."""
         ...
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class TorchEngine:

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.core.device import cpu_count
 from model.core.presets import EvalPreset
 from model.inference.decode import decode_batch
-from model.inference.engines import cpu_count
 
 CHUNK = 32  # images per model call: enough chunks for every worker, and no long tail at the end
 

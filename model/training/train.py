@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from model.core.checkpoint import Checkpoint, library_versions, load_checkpoint, save_checkpoint
+from model.core.device import resolve_device
 from model.core.network import ModelConfig, SiameseNetwork
 from model.core.presets import TrainPreset
 from model.data.datasets import ImageItems
@@ -35,7 +36,6 @@ from model.data.galleries import Gallery, gallery_fingerprint, make_splits, scan
 from model.data.sampling import ClassBalancedBatchSampler
 from model.evaluation.evaluate import EvalSet, evaluate_sets
 from model.evaluation.plots import plot_loss
-from model.inference.embedder import resolve_device
 from model.inference.features import cached_features
 from model.training.args import check_args, get_args_parser
 from model.training.loop import PairBatches, StepContext, train_one_epoch, validation_loss
