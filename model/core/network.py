@@ -172,9 +172,6 @@ class SiameseNetwork(nn.Module):
             self.backbone.feature_dim, config.embedding_dim, config, classifier=self.backbone.imagenet_head()
         )
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 

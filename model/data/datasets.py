@@ -1,4 +1,4 @@
-"""Torch datasets over gallery items: decoded images for fine-tuning, cached features for frozen training."""
+"""The torch dataset over gallery items: decoded, transformed images (fine-tuning; features without ONNX Runtime)."""
 
 from __future__ import annotations
 
@@ -35,16 +35,3 @@ class ImageItems(Dataset[tuple[torch.Tensor, int]]):
         image = load_image(self.root / item.path, draft_size=self.draft_size)
         return self.transform(image), self.class_to_idx.get(item.label, -1)
 
-
-class FeatureItems(Dataset[tuple[torch.Tensor, int]]):
-    """Pre-computed backbone features with their class indices (frozen-backbone training)."""
-
-    def __init__(self, features: torch.Tensor, labels: Sequence[str], class_to_idx: dict[str, int]) -> None:
-        self.features = features
-        self.targets = torch.tensor([class_to_idx.get(label, -1) for label in labels])
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.features[i], int(self.targets[i])
