@@ -11,10 +11,11 @@ import numpy as np
 from PIL import Image
 
 from app.errors import ServiceError, not_found
-from app.media import encode_jpeg, shrink, write_atomic
+from app.media import encode_jpeg, shrink
 from app.schemas import GalleryItem
 from app.service import Service
 from index import IndexConflictError, ItemRecord, NewItem
+from model.core.files import write_atomic
 from model.core.images import ImageError, load_image
 
 log = logging.getLogger(__name__)

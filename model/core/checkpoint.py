@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from model.core.files import atomic_path
 from model.core.network import ModelConfig, SiameseNetwork
 
 FORMAT_VERSION = 1
@@ -64,9 +63,7 @@ class Checkpoint:
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> str:
-    """Write atomically (temporary file, fsync, rename) and return the content hash."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (see :mod:`model.core.files`) and return the content hash."""
     model_args = ckpt.model.config.to_dict()
     state = {k: v.detach().cpu() for k, v in ckpt.model.state_dict().items()}
     ckpt.hash = content_hash(model_args, state)
@@ -85,16 +82,8 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> str:
         "versions": library_versions(),
         **ckpt.extra,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return ckpt.hash
 
 

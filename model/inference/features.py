@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from tqdm import tqdm
 
 from model.core.backbones import Backbone
 from model.core.checkpoint import content_hash
+from model.core.files import atomic_path
 from model.core.presets import EvalPreset
 from model.data.datasets import ImageItems
 from model.data.galleries import Item
@@ -96,10 +96,8 @@ def cached_features(
         computed = compute_features(backbone, root, missing, **kwargs)  # type: ignore[arg-type]
         for item, feature in zip(missing, computed, strict=True):
             cache[item.path] = (*stamps[item.path], feature.clone())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(cache, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(cache, tmp)
     if not items:
         return torch.zeros(0, backbone.feature_dim)
     return torch.stack([cache[i.path][2] for i in items])

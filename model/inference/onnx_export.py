@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from model.core.checkpoint import Checkpoint, content_hash
+from model.core.files import atomic_path
 from model.core.network import SiameseNetwork
 from model.inference.export_compat import make_exportable
 
@@ -68,21 +68,12 @@ def verification_batch(ckpt: Checkpoint, n: int = 3) -> torch.Tensor:
 
 
 def export_onnx(ckpt: Checkpoint, path: Path) -> None:
-    """Trace ``embed`` on CPU in eval mode and write it atomically (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Trace ``embed`` on CPU in eval mode and write it atomically (see :mod:`model.core.files`)."""
     # A copy, so the caller's model keeps its device and mode (the exporter toggles the wrapper's mode).
     wrapper = _Embed(copy.deepcopy(ckpt.model).cpu().float()).eval()
     make_exportable(wrapper, verification_batch(ckpt, 1))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        export_module(wrapper, verification_batch(ckpt, 2), Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        export_module(wrapper, verification_batch(ckpt, 2), tmp)
 
 
 def export_module(module: nn.Module, example: torch.Tensor, path: Path) -> None:
