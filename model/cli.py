@@ -83,7 +83,7 @@ def _compare(args: argparse.Namespace) -> int:
     except ImageError as exc:
         raise ValueError(f"{exc.code}: {exc.detail}") from exc
     if args.json:
-        print(json.dumps(result.__dict__))
+        print(json.dumps(result.to_dict()))
     else:
         verdict = "same" if result.same else "different"
         print(f"Dissimilarity: {result.dissimilarity:.3f}  (threshold {result.threshold:.3f})  -> {verdict}")

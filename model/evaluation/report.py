@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from model.core.checkpoint import load_checkpoint
 from model.core.device import resolve_device
@@ -16,6 +16,8 @@ from model.data.galleries import scan_gallery
 from model.evaluation.evaluate import EvalResult, EvalSet, evaluate_sets
 from model.evaluation.metrics import roc_curve
 from model.evaluation.plots import plot_distance_histogram, plot_montage, plot_roc
+from model.inference.compare import Comparison, compare
+from model.inference.decode import decode_one
 from model.inference.embedder import Embedder
 
 REPORT_KEYS = (
@@ -127,19 +129,14 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@dataclass
-class Comparison:
-    dissimilarity: float
-    similarity: float
-    same: bool
-    threshold: float
-
-
 def compare_images(
     image1: str | Path, image2: str | Path, checkpoint: str | Path, device: str = "auto"
 ) -> Comparison:
+    """``imgsim compare``: the verdict ``POST /v1/compare`` gives on the same two files. Each is decoded and
+    cropped as the service and the index do (JPEG ``draft`` at the preset's resize size), both are embedded
+    in one batch, and :func:`model.inference.compare.compare` gives the answer."""
     embedder = Embedder(checkpoint, device=device)
-    a, b = embedder.embed_images([load_image(image1), load_image(image2)])
-    distance = float(np.linalg.norm(a - b))
-    threshold = embedder.checkpoint.threshold
-    return Comparison(distance, float(np.dot(a, b)), distance < threshold, threshold)
+    preset = embedder.preset
+    batch = preset.normalise(torch.stack([decode_one(Path(p), preset) for p in (image1, image2)]))
+    a, b = embedder.embed_tensors(batch)
+    return compare(a, b, embedder.checkpoint)
