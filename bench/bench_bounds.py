@@ -41,7 +41,7 @@ from model.evaluation.metrics import retrieval_metrics
 from model.inference.decode import iter_batches
 from model.inference.features import cached_features
 from model.inference.onnx_export import INPUT_NAME, export_module
-from model.training.losses import ContrastiveLoss, all_pairs, euclidean_distance
+from model.training.losses.contrastive import ContrastiveLoss, all_pairs, euclidean_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 DOGS = Path(os.environ.get("IMGSIM_DOGS", ROOT.parent / "shared" / "data" / "dogs"))

@@ -22,7 +22,7 @@ import torch
 from bench.bench_embedding import machine_line
 from model.core.network import ModelConfig, SiameseNetwork
 from model.training.loop import StepContext, step_loss
-from model.training.losses import ContrastiveLoss, all_pairs
+from model.training.losses.contrastive import ContrastiveLoss, all_pairs
 
 CLASSES, M_PER_CLASS = 10, 8  # the defaults on ../shared/data/dogs: 80 images, 3,160 pairs per batch
 

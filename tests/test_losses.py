@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.training.losses import ContrastiveLoss, all_pairs, euclidean_distance
+from model.training.losses.contrastive import ContrastiveLoss, all_pairs, euclidean_distance
 
 
 def test_contrastive_loss_matches_hand_computed_values() -> None:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from model.data.sampling import ClassBalancedBatchSampler, article_pairs
-from model.training.losses import ContrastiveLoss, all_pairs, euclidean_distance
+from model.training.losses.contrastive import ContrastiveLoss, all_pairs, euclidean_distance
 
 
 @dataclass

@@ -39,7 +39,7 @@ from model.evaluation.plots import plot_loss
 from model.inference.features import cached_features
 from model.training.args import check_args, get_args_parser
 from model.training.loop import PairBatches, StepContext, train_one_epoch, validation_loss
-from model.training.losses import ContrastiveLoss
+from model.training.losses.contrastive import ContrastiveLoss
 
 log = logging.getLogger(__name__)
 
