@@ -6,17 +6,22 @@ import argparse
 
 from model.core.network import HEADS
 from model.data.sampling import SAMPLERS
+from model.training.losses import LOSSES
 
 MODES = ("frozen", "finetune")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train the Siamese embedder with the contrastive loss.", add_help=add_help)
+    p = argparse.ArgumentParser(
+        description="Train the Siamese embedder with a metric-learning loss (by default the article's contrastive).",
+        add_help=add_help,
+    )
     p.add_argument("--data", required=True, help="folder-per-class gallery to train on")
     p.add_argument("--out", required=True, help="run directory: checkpoints, loss.png, metrics.json")
     p.add_argument("--backbone", default="efficientnet-lite0", help="efficientnet-lite0, resnet18, resnet50, seed-cnn")
     p.add_argument("--embedding-dim", type=int, default=256)
     p.add_argument("--head", default="anchored", choices=HEADS)
+    p.add_argument("--loss", default="contrastive", choices=LOSSES, help="contrastive (the article's) or triplet")
     p.add_argument("--hidden-dim", type=int, default=1024)
     p.add_argument(
         "--learned-weight",
@@ -39,7 +44,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--classes-per-batch", type=int, default=16, help="class-balanced: classes per batch")
     p.add_argument("--pairs-per-class", type=int, default=200, help="article: similar and dissimilar pairs per class")
     p.add_argument("--batch-size", type=int, default=64, help="article: pairs per batch")
-    p.add_argument("--margin", type=float, default=1.0, help="contrastive margin m (embeddings are unit length)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="the loss's margin on unit-length embeddings (default: contrastive 1.0, triplet 0.2)",
+    )
     p.add_argument(
         "--distill",
         type=float,
@@ -87,5 +97,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-steps must be at least 1, got {args.max_steps}.")
     if not 0.0 <= args.learned_weight <= 1.0:
         raise ValueError(f"--learned-weight must be in [0, 1], got {args.learned_weight}.")
+    if args.margin is not None and args.margin <= 0:
+        raise ValueError(f"--margin must be positive, got {args.margin}.")
+    if LOSSES[args.loss].takes == "triplets" and args.sampler == "article":
+        raise ValueError(
+            f"--loss {args.loss} needs triplets, and the article's pairs share no anchor: use --sampler class-balanced."
+        )
     if args.lr <= 0:
         raise ValueError(f"--lr must be positive, got {args.lr}.")

@@ -1,4 +1,4 @@
-"""One optimisation step and one epoch, for both pair schemes and both training modes."""
+"""One optimisation step and one epoch, for both batch schemes, both training modes and any loss."""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from model.data.sampling import ClassBalancedBatchSampler, article_pairs
-from model.training.losses.contrastive import ContrastiveLoss, all_pairs, euclidean_distance
+from model.training.losses import MetricLoss
+from model.training.losses.indices import IndicesTuple, pairs_from
 
 
 @dataclass
 class PairBatches:
-    """What one step trains on: index batches (class-balanced; all pairs used) or pair lists (article)."""
+    """What one step trains on: index batches (class-balanced; the loss uses all their pairs or triplets) or
+    pair lists (article)."""
 
     sampler: ClassBalancedBatchSampler | None
     labels: Sequence[str]
@@ -70,7 +72,7 @@ class PairBatches:
 class StepContext:
     module: nn.Module  # the head (frozen mode) or the whole network; possibly wrapped in DDP
     frozen: bool
-    loss_fn: ContrastiveLoss
+    loss_fn: MetricLoss
     optimizer: torch.optim.Optimizer
     scheduler: Any
     device: torch.device
@@ -91,12 +93,12 @@ def structure_loss(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.T
 
 
 def step_loss(
-    ctx: StepContext, inputs: torch.Tensor, i: torch.Tensor, j: torch.Tensor, y: torch.Tensor
+    ctx: StepContext, inputs: torch.Tensor, labels: torch.Tensor, indices: IndicesTuple | None = None
 ) -> torch.Tensor:
-    """Contrastive loss over pairs ``(i, j, y)`` of the embedded ``inputs`` (+ the structure term)."""
+    """The loss of the embedded ``inputs`` (on ``indices``, else all that ``labels`` give; + the structure term)."""
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.amp):
         embeddings = ctx.module(inputs).float()
-    loss = ctx.loss_fn(euclidean_distance(embeddings[i], embeddings[j]), y)
+    loss = ctx.loss_fn(embeddings, labels, indices)
     if ctx.distill > 0:
         if ctx.frozen:
             reference = inputs
@@ -110,8 +112,9 @@ def step_loss(
 
 def _batches(
     ctx: StepContext, batches: PairBatches, features: torch.Tensor | None, loader: DataLoader | None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yields ``(inputs, i, j, y)`` on the device, whatever the scheme and mode."""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, IndicesTuple | None]]:
+    """Yields ``(inputs, labels, indices)`` on the device, whatever the scheme and mode: class-balanced
+    batches leave the pairs (or triplets) to the loss; the article's pair lists give theirs."""
     if batches.sampler is not None:
         source: Any = loader if loader is not None else batches.sampler
         for batch in source:
@@ -121,8 +124,7 @@ def _batches(
                 assert features is not None
                 inputs = features[batch]
                 targets = torch.tensor([ctx.class_to_idx[batches.labels[k]] for k in batch])
-            i, j, y = all_pairs(targets)
-            yield inputs.to(ctx.device, non_blocking=True), i, j, y.to(ctx.device)
+            yield inputs.to(ctx.device, non_blocking=True), targets.to(ctx.device), None
         return
     for pairs in batches.pair_batches():
         left, right, y_list = zip(*pairs, strict=True)
@@ -132,13 +134,11 @@ def _batches(
         else:
             assert batches.dataset is not None
             inputs = torch.stack([batches.dataset[k][0] for k in order])
+        targets = torch.tensor([ctx.class_to_idx[batches.labels[k]] for k in order], device=ctx.device)
         n = len(pairs)
-        yield (
-            inputs.to(ctx.device),
-            torch.arange(n),
-            torch.arange(n, 2 * n),
-            torch.tensor(y_list, device=ctx.device),
-        )
+        arange = torch.arange(2 * n, device=ctx.device)
+        indices = pairs_from(arange[:n], arange[n:], torch.tensor(y_list, device=ctx.device))
+        yield inputs.to(ctx.device), targets, indices
 
 
 def train_one_epoch(
@@ -155,10 +155,10 @@ def train_one_epoch(
     ctx.module.train()
     losses: list[float] = []
     bar = tqdm(total=min(steps_per_epoch, total_steps - step), desc=desc, unit="step", disable=not progress)
-    for inputs, i, j, y in _batches(ctx, batches, features, loader):
+    for inputs, labels, indices in _batches(ctx, batches, features, loader):
         if len(losses) >= steps_per_epoch or step >= total_steps:
             break
-        loss = step_loss(ctx, inputs, i.to(ctx.device), j.to(ctx.device), y)
+        loss = step_loss(ctx, inputs, labels, indices)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         ctx.optimizer.step()
@@ -173,7 +173,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def validation_loss(head: nn.Module, result: Any, loss_fn: ContrastiveLoss) -> float:
+def validation_loss(head: nn.Module, result: Any, loss_fn: MetricLoss) -> float:
     """The training loss on the first validation set's fixed pairs: the head in training mode, so that it is
     the same quantity as the training curve (for the anchored head, the learnt half)."""
     for name, (i, j, y) in result.pairs.items():
@@ -182,5 +182,8 @@ def validation_loss(head: nn.Module, result: Any, loss_fn: ContrastiveLoss) -> f
         device = next(head.parameters()).device
         emb = head(result.features[name].to(device)).float().cpu()
         head.train(was_training)
-        return float(loss_fn(euclidean_distance(emb[i], emb[j]), torch.from_numpy(y)))
+        classes = {label: k for k, label in enumerate(sorted(set(result.labels[name])))}
+        labels = torch.tensor([classes[label] for label in result.labels[name]])
+        pairs = pairs_from(torch.from_numpy(i), torch.from_numpy(j), torch.from_numpy(y))
+        return float(loss_fn(emb, labels, pairs))
     return float("nan")

@@ -39,7 +39,7 @@ from model.evaluation.plots import plot_loss
 from model.inference.features import cached_features
 from model.training.args import check_args, get_args_parser
 from model.training.loop import PairBatches, StepContext, train_one_epoch, validation_loss
-from model.training.losses.contrastive import ContrastiveLoss
+from model.training.losses import build_loss
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ctx = StepContext(
         module=train_module,
         frozen=args.mode == "frozen",
-        loss_fn=ContrastiveLoss(args.margin),
+        loss_fn=build_loss(args.loss, args.margin),
         optimizer=optimizer,
         scheduler=scheduler,
         device=device,
@@ -177,7 +177,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 progress=progress,
             )
             score = selection_score(val.retrieval, step)
-            vloss = validation_loss(model.head, val, ContrastiveLoss(args.margin))
+            vloss = validation_loss(model.head, val, ctx.loss_fn)
             history["val_loss"].append([step, vloss])
             history["val_score"].append([step, score])
             log.info(
