@@ -1,10 +1,12 @@
-"""``imgsim train``: contrastive training of the Siamese encoder (shaped like torchvision's references).
+"""``imgsim train``: metric-learning training of the Siamese encoder (shaped like torchvision's references).
 
 Two modes share one loop:
 - ``frozen`` (default): the pretrained backbone is frozen, its features are computed once (and cached on
   disk), and only the embedding head trains: seconds per epoch on a CPU.
 - ``finetune``: the whole network trains on augmented images, the backbone at a lower learning rate.
 
+``train`` is :func:`~model.training.setup.setup`, then :func:`run_epochs` (train, validate, keep the best, stop
+early), then :func:`finish` (calibrate the threshold on the best checkpoint and measure it).
 ``torchrun --nproc_per_node N -m model.training.train ...`` runs the same command with DDP (NCCL on CUDA, gloo on CPU).
 """
 
@@ -13,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -22,213 +22,120 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from model.core.checkpoint import Checkpoint, library_versions, load_checkpoint, save_checkpoint
-from model.core.device import resolve_device
-from model.core.network import ModelConfig, SiameseNetwork
-from model.core.presets import TrainPreset
-from model.data.datasets import ImageItems
-from model.data.galleries import Gallery, make_splits, scan_gallery
-from model.data.sampling import ClassBalancedBatchSampler
-from model.evaluation.evaluate import EvalSet, evaluate_sets
+from model.evaluation.evaluate import evaluate_sets
 from model.evaluation.plots import plot_loss
 from model.training.args import check_args, get_args_parser
-from model.training.loop import PairBatches, StepContext, train_one_epoch, validation_loss
-from model.training.losses import build_loss
-from model.training.setup import _distributed, _optimizer, _prepare_head, _train_args, _validation_sets
+from model.training.loop import train_one_epoch, validation_loss
+from model.training.setup import TrainingRun, setup
 
 log = logging.getLogger(__name__)
+
+__all__ = ["finish", "get_args_parser", "main", "run_epochs", "train"]
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Train, validate each epoch, keep the best, calibrate the threshold, evaluate; returns metrics."""
     check_args(args)
-    rank, world = _distributed()
-    device = resolve_device(args.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    gallery = scan_gallery(args.data)
-    open_classes = [c.strip() for c in args.open_classes.split(",") if c.strip()]
-    splits = make_splits(
-        gallery.items,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        open_classes=open_classes,
-        num_open_classes=args.num_open_classes,
-    )
-    class_names = splits.train_classes
-    class_to_idx = {c: i for i, c in enumerate(class_names)}
-    config = ModelConfig(
-        backbone=args.backbone,
-        embedding_dim=args.embedding_dim,
-        head=args.head,
-        hidden_dim=args.hidden_dim,
-        learned_weight=args.learned_weight,
-        learned_dim=args.learned_dim,
-        # Class probabilities from an untrained classifier would be noise: only a pretrained one anchors.
-        class_weight=args.class_weight if not args.no_pretrained else 0.0,
-        image_size=args.image_size,
-        pretrained=not args.no_pretrained and args.backbone != "seed-cnn",
-    )
-    model = SiameseNetwork(config).to(device)
-    pretrained_features = config.pretrained
-
-    # Inputs of the loop: cached features (frozen) or images (finetune).
-    cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
-    progress = not args.no_progress and rank == 0
-    train_inputs = _prepare_head(model, args, gallery.root, splits.train, cache_dir, device, rank, world, progress)
-    train_labels = [i.label for i in splits.train]
-    batches = PairBatches.create(args, train_labels, rank=rank, world_size=world)
-    steps_per_epoch = args.steps_per_epoch or len(batches)
-    total_steps = args.max_steps or steps_per_epoch * args.epochs
-    epochs = math.ceil(total_steps / steps_per_epoch)
-
-    optimizer, scheduler = _optimizer(model, args, total_steps)
-    history: dict[str, list[Any]]
-    start_epoch, step, history = 0, 0, {"steps": [], "train_loss": [], "val_loss": [], "val_score": []}
-    best_score, stale = -math.inf, 0
-    if args.resume:
-        last = load_checkpoint(out / "last.pt", map_location=device)
-        model.load_state_dict(last.model.state_dict())
-        optimizer.load_state_dict(last.extra["optimizer"])
-        scheduler.load_state_dict(last.extra["scheduler"])
-        start_epoch, step = int(last.extra["epoch"]) + 1, int(last.extra["step"])
-        history, best_score = last.extra["history"], float(last.extra["best_score"])
-        log.info("resumed from %s at epoch %d, step %d", out / "last.pt", start_epoch, step)
-
-    train_module: torch.nn.Module = model.head if args.mode == "frozen" else model
-    if world > 1:
-        train_module = DistributedDataParallel(
-            train_module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    teacher = None
-    if args.mode == "finetune" and args.distill > 0 and pretrained_features:
-        teacher = SiameseNetwork(config).backbone.to(device).eval().requires_grad_(False)
-    image_loader = None
-    if args.mode == "finetune":
-        dataset = ImageItems(gallery.root, splits.train, TrainPreset(config.image_size), class_to_idx)
-        image_loader = (
-            DataLoader(
-                dataset,
-                batch_sampler=batches.sampler,
-                num_workers=args.workers,
-                pin_memory=device.type == "cuda",
-                persistent_workers=args.workers > 0,
-            )
-            if isinstance(batches.sampler, ClassBalancedBatchSampler)
-            else None
-        )
-        batches.dataset = dataset
-    ctx = StepContext(
-        module=train_module,
-        frozen=args.mode == "frozen",
-        loss_fn=build_loss(args.loss, args.margin),
-        optimizer=optimizer,
-        scheduler=scheduler,
-        device=device,
-        amp=device.type == "cuda" and not args.no_amp,
-        distill=args.distill if pretrained_features else 0.0,
-        teacher=teacher,
-        class_to_idx=class_to_idx,
-    )
-    val_sets = _validation_sets(gallery, splits)
+    run = setup(args)
     started = time.time()
-    for epoch in range(start_epoch, epochs):
-        batches.set_epoch(epoch)
-        step, losses = train_one_epoch(
-            ctx,
-            batches,
-            train_inputs,
-            image_loader,
-            step,
-            steps_per_epoch,
-            total_steps,
-            progress=progress,
-            desc=f"epoch {epoch + 1}/{epochs}",
+    run_epochs(run)
+    metrics: dict[str, Any] = {}
+    if run.rank == 0:
+        metrics = finish(run, time.time() - started)
+    if run.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
+
+
+def run_epochs(run: TrainingRun) -> None:
+    """Epochs until the step budget is spent or validation stops improving (``--patience``)."""
+    stale = 0
+    for epoch in range(run.start_epoch, run.epochs):
+        run.batches.set_epoch(epoch)
+        run.step, losses = train_one_epoch(
+            run.ctx,
+            run.batches,
+            run.train_inputs,
+            run.image_loader,
+            run.step,
+            run.steps_per_epoch,
+            run.total_steps,
+            progress=run.progress,
+            desc=f"epoch {epoch + 1}/{run.epochs}",
         )
-        history["steps"] += list(range(step - len(losses) + 1, step + 1))
-        history["train_loss"] += losses
+        run.history["steps"] += list(range(run.step - len(losses) + 1, run.step + 1))
+        run.history["train_loss"] += losses
         stop = False
-        if rank == 0:
-            val = evaluate_sets(
-                model,
-                gallery.root,
-                val_sets,
-                device=device,
-                cache_dir=cache_dir,
-                frozen=args.mode == "frozen",
-                workers=args.workers,
-                progress=progress,
-            )
-            score = selection_score(val.retrieval, step)
-            vloss = validation_loss(model.head, val, ctx.loss_fn)
-            history["val_loss"].append([step, vloss])
-            history["val_score"].append([step, score])
-            log.info(
-                "epoch %d step %d train loss %.4f val loss %.4f val MAP@R %.4f",
-                epoch + 1,
-                step,
-                float(np.mean(losses)) if losses else float("nan"),
-                vloss,
-                score,
-            )
-            extra = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "history": history,
-                "best_score": max(best_score, score),
-            }
-            record = Checkpoint(
-                model,
-                class_names=class_names,
-                splits=splits.to_dict(),
-                train_args=_train_args(args, gallery),
-                extra=extra,
-            )
-            save_checkpoint(record, out / "last.pt")
-            if score > best_score:
-                best_score, stale = score, 0
-                save_checkpoint(
-                    Checkpoint(
-                        model,
-                        class_names=class_names,
-                        splits=splits.to_dict(),
-                        train_args=_train_args(args, gallery),
-                    ),
-                    out / "best.pt",
-                )
-            else:
-                stale += 1
-            plot_loss(
-                history["steps"],
-                history["train_loss"],
-                [tuple(v) for v in history["val_loss"]],
-                out / "loss.png",
-            )
-            stop = stale >= args.patience or step >= total_steps
-        if world > 1:
+        if run.rank == 0:
+            improved = end_of_epoch(run, epoch, losses)
+            stale = 0 if improved else stale + 1
+            stop = stale >= run.args.patience or run.step >= run.total_steps
+        if run.world > 1:
             flag = [stop]
             dist.broadcast_object_list(flag, src=0)
             stop = bool(flag[0])
         if stop:
             break
-    metrics: dict[str, Any] = {}
-    if rank == 0:
-        metrics = finish(out, gallery, val_sets, device, cache_dir, args, time.time() - started)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return metrics
+
+
+def end_of_epoch(run: TrainingRun, epoch: int, losses: list[float]) -> bool:
+    """Rank 0: validate, log, save ``last.pt`` (and ``best.pt`` when the score improved), plot the losses.
+    Returns whether the score improved."""
+    args, history = run.args, run.history
+    val = evaluate_sets(
+        run.model,
+        run.gallery.root,
+        run.val_sets,
+        device=run.device,
+        cache_dir=run.cache_dir,
+        frozen=args.mode == "frozen",
+        workers=args.workers,
+        progress=run.progress,
+    )
+    score = selection_score(val.retrieval, run.step)
+    vloss = validation_loss(run.model.head, val, run.ctx.loss_fn)
+    history["val_loss"].append([run.step, vloss])
+    history["val_score"].append([run.step, score])
+    log.info(
+        "epoch %d step %d train loss %.4f val loss %.4f val MAP@R %.4f",
+        epoch + 1,
+        run.step,
+        float(np.mean(losses)) if losses else float("nan"),
+        vloss,
+        score,
+    )
+    resume_state = {
+        "optimizer": run.ctx.optimizer.state_dict(),
+        "scheduler": run.ctx.scheduler.state_dict(),
+        "epoch": epoch,
+        "step": run.step,
+        "history": history,
+        "best_score": max(run.best_score, score),
+    }
+    save_run_checkpoint(run, run.out / "last.pt", resume_state)
+    improved = score > run.best_score
+    if improved:
+        run.best_score = score
+        save_run_checkpoint(run, run.out / "best.pt")
+    plot_loss(history["steps"], history["train_loss"], [tuple(v) for v in history["val_loss"]], run.out / "loss.png")
+    return improved
+
+
+def save_run_checkpoint(run: TrainingRun, path: Path, resume_state: dict[str, Any] | None = None) -> None:
+    """The model as a self-describing checkpoint with the run's classes, splits and options; ``last.pt`` also
+    carries what ``--resume`` needs."""
+    record = Checkpoint(
+        run.model,
+        class_names=run.splits.train_classes,
+        splits=run.splits.to_dict(),
+        train_args=run.train_args,
+        extra=resume_state or {},
+    )
+    save_checkpoint(record, path)
 
 
 def selection_score(retrieval: dict[str, dict[str, float]], step: int) -> float:
@@ -239,26 +146,19 @@ def selection_score(retrieval: dict[str, dict[str, float]], step: int) -> float:
     return -float(step)  # nothing held out: the last epoch is the best
 
 
-def finish(
-    out: Path,
-    gallery: Gallery,
-    val_sets: list[EvalSet],
-    device: torch.device,
-    cache_dir: Path,
-    args: argparse.Namespace,
-    seconds: float,
-) -> dict[str, Any]:
+def finish(run: TrainingRun, seconds: float) -> dict[str, Any]:
     """Reload the best checkpoint, calibrate its threshold on validation pairs, measure it, save it again."""
-    best = load_checkpoint(out / "best.pt", map_location=device)
+    out = run.out
+    best = load_checkpoint(out / "best.pt", map_location=run.device)
     result = evaluate_sets(
         best.model,
-        gallery.root,
-        val_sets,
-        device=device,
-        cache_dir=cache_dir,
-        frozen=args.mode == "frozen",
-        workers=args.workers,
-        progress=not args.no_progress,
+        run.gallery.root,
+        run.val_sets,
+        device=run.device,
+        cache_dir=run.cache_dir,
+        frozen=run.args.mode == "frozen",
+        workers=run.args.workers,
+        progress=not run.args.no_progress,
         with_baseline=True,
     )
     best.threshold = result.threshold
