@@ -1,1 +1,2 @@
-"""Contrastive training: the options, the losses, the epoch loop and the ``imgsim train`` command."""
+"""Metric-learning training: the options, the losses (a registry), setup, the epoch loop and ``imgsim train``.
+Validates with :mod:`model.evaluation`; nothing below imports training."""
