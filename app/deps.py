@@ -14,7 +14,7 @@ from fastapi import Depends, Request, UploadFile
 
 from app.auth import require_read, require_write
 from app.errors import ServiceError, too_large
-from app.metrics import Metrics
+from app.prometheus import Metrics
 from app.service import Service, Upload
 from app.settings import Settings, app_settings
 

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from app.deps import Runtime
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
-from app.metrics import MetricsMiddleware
+from app.prometheus import MetricsMiddleware
 from app.routes import compare, gallery, health, page, search
 from app.routes.page import STATIC_DIR
 from app.service import Service, build_embedder, open_index

@@ -22,7 +22,7 @@ from PIL import Image
 
 from app.batching import BatcherClosedError, DynamicBatcher, QueueFullError
 from app.errors import ServiceError, image_error, too_large
-from app.metrics import Metrics
+from app.prometheus import Metrics
 from app.schemas import ModelInfo, SearchHit
 from app.settings import Settings
 from index import GalleryIndex, Hit
