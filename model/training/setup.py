@@ -104,11 +104,11 @@ def setup(args: argparse.Namespace) -> TrainingRun:
         gallery=gallery,
         splits=splits,
         model=model,
-        ctx=_step_context(args, model, optimizer, scheduler, splits, device, world),
+        ctx=_step_context(args, model, optimizer, scheduler, splits, device),
         batches=batches,
         train_inputs=train_inputs,
         image_loader=None,
-        val_sets=[],
+        val_sets=_validation_sets(gallery, splits),
         cache_dir=cache_dir,
         progress=progress,
         steps_per_epoch=steps_per_epoch,
@@ -122,7 +122,6 @@ def setup(args: argparse.Namespace) -> TrainingRun:
     if args.mode == "finetune":
         run.ctx.teacher = _teacher(args, model.config, device)
         run.image_loader = _image_loader(run)
-    run.val_sets = _validation_sets(gallery, splits)
     return run
 
 
@@ -148,7 +147,6 @@ def _step_context(
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     splits: Splits,
     device: torch.device,
-    world: int,
 ) -> StepContext:
     """The loop's context; its module is wrapped in DDP later, after a resumed run's weights are loaded."""
     pretrained = model.config.pretrained
