@@ -1,7 +1,7 @@
 """How training sees pairs.
 
 ``class-balanced`` (the default, as modern metric learning does): each batch holds ``m`` images of each of
-``p`` classes, and every pair inside the batch is used (``model.training.losses.contrastive.all_pairs``).
+``p`` classes, and the loss uses every pair (or triplet) inside the batch (``model.training.losses.indices``).
 ``article``: the original scheme, a fixed list of pairs: per class, ``n`` similar pairs within the class and
 ``n`` dissimilar pairs with other classes, labelled ``y = 0`` similar and ``y = 1`` dissimilar.
 """
