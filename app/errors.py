@@ -19,6 +19,7 @@ IMAGE_ERROR_STATUS = {
     "unsupported_format": 415,
     "image_too_large": 422,
     "corrupt_image": 422,
+    "bad_aspect_ratio": 422,
 }
 
 HTTP_CODES = {

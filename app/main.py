@@ -19,7 +19,7 @@ from app.limits import BodyLimitMiddleware
 from app.metrics import MetricsMiddleware
 from app.routes import compare, gallery, health, page, search
 from app.routes.page import STATIC_DIR
-from app.service import Service, build_embedder, open_index
+from app.service import Service, load_embedder, open_index
 from app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -29,14 +29,14 @@ images, and manage the gallery. Errors are JSON `{"code": ..., "detail": ...}` w
 
 
 def _load(settings: Settings, runtime: Runtime) -> Service:
-    embedder = build_embedder(settings)
+    embedder = load_embedder(settings)
     index = open_index(settings, embedder)
     log.info(
         "loaded model %s (%s, %d-d) on %s and a gallery of %d items (version %d)",
         embedder.checkpoint.hash[:12],
         embedder.checkpoint.config.backbone,
         embedder.dim,
-        getattr(embedder, "device", "?"),
+        embedder.device,
         index.count,
         index.version,
     )

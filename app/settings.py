@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     checkpoint: Path = Field(default=Path("models/default/best.pt"), description="trained checkpoint (.pt)")
     index: Path = Field(default=Path("indexes/default"), description="gallery index folder; created empty if missing")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
-    engine: str = Field(default="auto", description="embedding engine, passed on when the embedder supports it")
+    engine: str = Field(default="auto", description="embedding engine: auto, onnx or torch")
     host: str = "127.0.0.1"
     port: int = 8000
     access_log: bool = True
@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=40 * MiB, gt=0, description="per request (several images)")
     max_pixels: int = Field(default=40_000_000, gt=0)
     max_batch_images: int = Field(default=16, ge=1, description="images in one /v1/search/batch request")
+    # Decodes in flight reserve their estimated peak memory (ImageHeader.decode_bytes) from this budget; one that
+    # does not fit gets 503 overloaded at once. 1 GiB holds the largest allowed image (40 MP: 0.4-0.8 GB to
+    # decode, more for 16-bit) beside the usual photos (a 12 MP JPEG decodes at 1/8 scale: about 2 MB).
+    decode_budget_bytes: int = Field(default=1024 * MiB, gt=0, description="memory for decoding uploads at once")
 
     # Dynamic batching and the bounded queue.
     batching: bool = True

@@ -95,9 +95,9 @@ async def add(
     if not label or not label.isprintable():
         raise ServiceError(422, "invalid_label", "The label must be non-empty printable text.")
     upload = await read_upload(image, "image", service.settings.max_upload_bytes)
-    decoded = await to_thread.run_sync(service.decode, upload, service.settings.media_max_side)
-    vector = await service.embed([upload])  # decoded as search and index build decode: the same vector
-    record, created, version = await to_thread.run_sync(add_item, service, upload.data, decoded, label, vector[0])
+    # Admitted and decoded within the memory budget like a search; the vector is the one search would compute.
+    stored, vector = await service.embed_for_gallery(upload)
+    record, created, version = await to_thread.run_sync(add_item, service, upload.data, stored, label, vector)
     body = AddItemResponse(**to_item(record).model_dump(), created=created, index_version=version)
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
 

@@ -4,7 +4,6 @@ and a TestClient that runs the lifespan and waits until the service is ready."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import socket
 import threading
@@ -35,9 +34,7 @@ def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
 @pytest.fixture
 def embedder(tiny_checkpoint: Path) -> Embedder:
     # The reference PyTorch path: what the service runs with IMGSIM_ENGINE=torch (the tests' setting).
-    if "engine" in inspect.signature(Embedder).parameters:
-        return Embedder(tiny_checkpoint, device="cpu", engine="torch")
-    return Embedder(tiny_checkpoint, device="cpu")
+    return Embedder(tiny_checkpoint, device="cpu", engine="torch")
 
 
 @pytest.fixture
