@@ -13,6 +13,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from app.auth import ApiKeyMiddleware
 from app.deps import Runtime
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
@@ -85,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, compare.router, search.router, gallery.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Outermost last: metrics see every answer; keys are checked before the body cap and before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=body_cap)
+    app.add_middleware(ApiKeyMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.runtime.metrics)
     return app

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # Optional API keys (header X-API-Key, comma-separated lists); write keys also read. None: the API is open.
     api_keys_read: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_write: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # With keys set, /metrics asks for a read key too, unless this is true (a scraper without a key).
+    metrics_public: bool = False
 
     media_max_side: int = Field(default=1024, ge=64, description="stored re-encoded uploads are at most this big")
     drain_seconds: float = Field(default=1.0, ge=0, description="after SIGTERM, readiness is 503 this long before exit")
