@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     # With keys set, /metrics asks for a read key too, unless this is true (a scraper without a key).
     metrics_public: bool = False
 
+    # The HTTP edge (app/http_guard.py; put the same limits on a reverse proxy: docs/deploy.md).
+    max_connections: int = Field(default=256, ge=1, description="open connections; the one beyond gets 503")
+    header_max_bytes: int = Field(default=16 * 1024, ge=1024, description="request line and headers (else 431)")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="for a request's headers to arrive (else 408)")
+    body_timeout_s: float = Field(default=10.0, gt=0, description="for a body, plus 1 s per body_min_rate bytes")
+    body_min_rate: int = Field(default=32 * 1024, gt=0, description="bytes/s a body must keep up (else 408)")
+    keep_alive_timeout_s: int = Field(default=5, ge=1, description="idle time before a kept-alive connection closes")
+
     media_max_side: int = Field(default=1024, ge=64, description="stored re-encoded uploads are at most this big")
     drain_seconds: float = Field(default=1.0, ge=0, description="after SIGTERM, readiness is 503 this long before exit")
 

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from app.serve_cli import uvicorn_config
 from app.settings import Settings
 from index import GalleryIndex, NewItem
 from model.core.images import load_image
@@ -123,11 +124,13 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(settings: Settings) -> Iterator[str]:
-    """The app under a real uvicorn in a thread, on a free loopback port; yields its base URL."""
+    """The app under a real uvicorn in a thread, configured as ``imgsim serve`` does (the HTTP edge limits of
+    app.http_guard included), on a free loopback port; yields its base URL."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
