@@ -61,7 +61,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._refused = False  # closed by a limit: ignore whatever else arrives
         self._reading_headers = False
-        self._header_bytes = 0  # of the request line and headers so far
+        self._header_bytes = 0  # of the request line and headers parsed so far
+        self._unfinished_bytes = 0  # received since the request began, while its headers are still unfinished
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_started = 0.0
@@ -88,13 +89,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._reading_headers or self.cycle is None or self.cycle.response_complete:
-            self._header_bytes += len(data)  # counted before parsing: httptools buffers a header until it ends
-        elif self._body_timer is not None:
+        if self._body_timer is not None:
             self._body_bytes += len(data)
         super().data_received(data)
         if self._reading_headers and not self._refused:
-            self._check_header_size()
+            # httptools keeps an unfinished header in memory until its end arrives: count what is pending.
+            self._unfinished_bytes += len(data)
+            self._check_header_size(self._unfinished_bytes)
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:
@@ -106,25 +107,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_message_begin()
         self._reading_headers = True
+        self._header_bytes = self._unfinished_bytes = 0
         if self._header_timer is None:
             self._arm_header_timer()
 
     def on_url(self, url: bytes) -> None:
         if not self._refused:
+            self._header_bytes += len(url)
             super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._refused:
+            self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         if self._refused:
             return
-        self._check_header_size()
+        self._check_header_size(self._header_bytes)
         if self._refused:
             return
         self._reading_headers = False
-        self._header_bytes = 0
         self._cancel(self._header_timer)
         self._header_timer = None
         super().on_headers_complete()
@@ -142,8 +145,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_message_complete()
 
     # -- limits ---------------------------------------------------------------------------------------------
-    def _check_header_size(self) -> None:
-        if self._header_bytes > self.limits.header_max_bytes:
+    def _check_header_size(self, size: int) -> None:
+        if size > self.limits.header_max_bytes:
             detail = f"The request line and headers are larger than the {self.limits.header_max_bytes:,}-byte cap."
             self._refuse(431, "Request Header Fields Too Large", "header_too_large", detail)
 

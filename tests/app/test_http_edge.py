@@ -74,9 +74,22 @@ def test_a_header_block_beyond_the_cap_gets_431_as_it_arrives(settings: Settings
             time.sleep(0.01)
         status, answer = read_until_closed(sock)
     assert status == 431 and b"header_too_large" in answer
-    with server(settings, header_max_bytes=16 * 1024) as port:  # a header block under the cap is fine
+    with server(settings, header_max_bytes=16 * 1024) as port:
         r = httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Big": "a" * 8000})
-        assert r.status_code == 200
+        assert r.status_code == 200  # a header block under the cap is fine
+        r = httpx.get(f"http://127.0.0.1:{port}/healthz", headers={f"X-{k}": "a" * 1000 for k in range(20)})
+        assert r.status_code == 431  # and one over it, arriving whole, is not
+
+
+def test_a_whole_request_in_one_write_is_not_taken_for_a_large_header(settings: Settings) -> None:
+    """Headers and a 40 KB body in one packet (what bench/http_load.py sends): only the headers count."""
+    big = png_bytes(Image.fromarray(np.random.default_rng(4).integers(0, 255, (120, 120, 3), dtype=np.uint8)))
+    request = multipart_request("/v1/search", "x", [("image", "q.png", big)], {"k": "1"})
+    assert len(request) > 40_000
+    with server(settings, header_max_bytes=16 * 1024) as port, closing(connect(port)) as sock:
+        for _ in range(3):
+            sock.sendall(request)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 "), "refused"
 
 
 def test_headers_that_do_not_arrive_in_time_get_408(settings: Settings) -> None:
