@@ -152,17 +152,15 @@ class Embedder:
         gets an error. Several threads may call this at once (model instances): a pass that runs alone uses every
         core, passes that overlap use one core each (``Engine.run_single_threaded``).
         """
-        outcomes: list[np.ndarray | Exception | None] = [None] * len(uploads)
+        errors: dict[int, Exception] = {}
         crops: dict[int, torch.Tensor] = {}
         for i, upload in enumerate(uploads):
             try:
                 crops[i] = upload if isinstance(upload, torch.Tensor) else self.prepare(upload, reserve)
             except Exception as exc:
-                outcomes[i] = exc
-        if crops:
-            for i, row in zip(crops, self._run_or_each(list(crops.values())), strict=True):
-                outcomes[i] = row
-        return [o for o in outcomes if o is not None]
+                errors[i] = exc
+        rows = dict(zip(crops, self._run_or_each(list(crops.values())), strict=True)) if crops else {}
+        return [errors[i] if i in errors else rows[i] for i in range(len(uploads))]
 
     def _run_or_each(self, crops: list[torch.Tensor]) -> list[np.ndarray | Exception]:
         try:
