@@ -62,6 +62,22 @@ def make_gallery(root: Path, per_class: int = 12, seed: int = 0, classes: tuple[
     return root
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak-memory measurement for this process (Linux: ``VmHWM`` back to the current RSS).
+
+    ``getrusage``'s ``ru_maxrss`` cannot do this job: it never goes down, and a child process inherits its
+    parent's value across ``exec``."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started or since :func:`reset_peak_rss`."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 @pytest.fixture
 def synthetic_gallery(tmp_path: Path) -> Path:
     return make_gallery(tmp_path / "gallery")

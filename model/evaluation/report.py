@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from model.core.checkpoint import load_checkpoint
 from model.core.device import resolve_device
@@ -17,7 +16,6 @@ from model.evaluation.evaluate import EvalResult, EvalSet, evaluate_sets
 from model.evaluation.metrics import roc_curve
 from model.evaluation.plots import plot_distance_histogram, plot_montage, plot_roc
 from model.inference.compare import Comparison, compare
-from model.inference.decode import decode_one
 from model.inference.embedder import Embedder
 
 REPORT_KEYS = (
@@ -136,7 +134,9 @@ def compare_images(
     cropped as the service and the index do (JPEG ``draft`` at the preset's resize size), both are embedded
     in one batch, and :func:`model.inference.compare.compare` gives the answer."""
     embedder = Embedder(checkpoint, device=device)
-    preset = embedder.preset
-    batch = preset.normalise(torch.stack([decode_one(Path(p), preset) for p in (image1, image2)]))
-    a, b = embedder.embed_tensors(batch)
+    a, b = embedder.embed_uploads([Path(p).read_bytes() for p in (image1, image2)])
+    for path, row in ((image1, a), (image2, b)):
+        if isinstance(row, Exception):
+            raise ValueError(f"{path}: {row}") from row
+    assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
     return compare(a, b, embedder.checkpoint)

@@ -10,7 +10,6 @@ parallel without worker start-up or pickling, and the batches stay in shared mem
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
 from collections import deque
@@ -20,16 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from model.core.images import ALLOWED_FORMATS, MAX_PIXELS, ImageError, load_image
+from model.core.images import MAX_PIXELS, ImageError, ImageHeader, load_image, probe
 from model.core.presets import EvalPreset
 
 log = logging.getLogger(__name__)
-
-EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -42,37 +38,45 @@ class DecodedBatch:
 
 def plain_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | None:
     """The size of a JPEG that libjpeg decodes to exactly what ``load_image`` gives before ``draft`` (RGB or
-    greyscale, no EXIF rotation, within the pixel cap), read from the header alone; None for anything else."""
+    greyscale, no EXIF rotation, within the geometry rules), read from the header alone; None for anything else."""
     try:
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
-            w, h = im.size
-            plain = (
-                im.format == "JPEG"
-                and im.mode in ("RGB", "L")
-                and 0 < w * h <= max_pixels
-                and im.getexif().get(EXIF_ORIENTATION, 1) == 1
-            )
-            return (w, h) if plain else None
-    except Exception:  # anything odd is left to load_image, which reports it properly
+        header = probe(data, max_pixels)
+    except ImageError:  # load_image reports it properly
         return None
+    return (header.width, header.height) if is_plain_jpeg(header) else None
 
 
-def decode_tensor(data: bytes, draft_size: int | None = None, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def is_plain_jpeg(header: ImageHeader) -> bool:
+    return header.format == "JPEG" and header.mode in ("RGB", "L") and header.orientation == 1
+
+
+def decode_tensor(
+    data: bytes, draft_size: int | None = None, max_pixels: int = MAX_PIXELS, header: ImageHeader | None = None
+) -> torch.Tensor:
     """Image bytes -> (3, h, w) uint8, equal to ``pil_to_tensor(load_image(data, draft_size=...))``.
 
     A plain JPEG that ``draft`` would not shrink is decoded by torchvision straight into a tensor (the same
     libjpeg-turbo, identical pixels, about a third less time than Pillow plus the conversion to a tensor);
-    everything else goes through ``load_image``, which also raises its errors.
+    everything else goes through ``load_image``, which also raises its errors. ``header``: the result of
+    ``probe(data)`` when the caller has it already (it is not read twice).
     """
-    size = plain_jpeg(data, max_pixels)
-    if size is not None and (draft_size is None or min(size) < 2 * draft_size):
+    if header is None:
+        try:
+            header = probe(data, max_pixels)
+        except ImageError:
+            header = None  # load_image raises the same error, below
+    if (
+        header is not None
+        and is_plain_jpeg(header)
+        and (draft_size is None or header.decoded_size(draft_size) == (header.width, header.height))
+    ):
         try:
             with warnings.catch_warnings():
                 # torchvision 0.29 deprecates its decoders in favour of TorchCodec's, which this stack lacks.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except RuntimeError:
-            pass  # a damaged JPEG (e.g. truncated): load_image says what is wrong with it
+        except Exception:  # a damaged JPEG (e.g. truncated): load_image says what is wrong with it
+            pass
     return TF.pil_to_tensor(load_image(data, draft_size=draft_size, max_pixels=max_pixels))
 
 

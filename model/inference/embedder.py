@@ -1,15 +1,19 @@
-"""Batch embedding of images and files with a trained checkpoint: what the index and the service call.
+"""Batch embedding of images, files and uploaded bytes with a trained checkpoint: what the index and the service call.
 
 ``Embedder`` owns the checkpoint, an inference engine (see :mod:`model.inference.engines`: ONNX Runtime on CPU,
 fp16 PyTorch on CUDA, eager PyTorch as the reference) and the eval transform. ``embed_files`` decodes in a
 thread pool a few batches ahead of the forward pass (on the GPU for JPEGs when running on CUDA), so
-end-to-end speed approaches forward-only speed.
+end-to-end speed approaches forward-only speed. ``embed_uploads`` turns the raw bytes of many uploads into unit
+vectors (decode, geometry check, crop, normalise, run), one upload's failure never failing another: what the
+service calls.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,12 +25,21 @@ from tqdm import tqdm
 
 from model.core.checkpoint import Checkpoint, load_checkpoint
 from model.core.device import cpu_count, resolve_device
+from model.core.images import MAX_PIXELS, ImageError, ImageHeader, probe
 from model.core.presets import EvalPreset
-from model.inference.decode import iter_batches
-from model.inference.engines import Engine, OnnxEngine, build_engine
+from model.inference.decode import decode_tensor, iter_batches
+from model.inference.engines import Engine, build_engine
 from model.inference.workers import CHUNK, EmbeddedChunk, default_workers, embed_in_workers
 
 log = logging.getLogger(__name__)
+
+
+# Reserves memory for one decode (its estimated bytes) for as long as the context lasts, or raises to refuse it.
+Reserve = Callable[[int], AbstractContextManager[object]]
+
+
+class ModelError(RuntimeError):
+    """The model failed on an upload that decoded fine (not the upload's fault)."""
 
 
 @dataclass
@@ -42,7 +55,8 @@ class Embedder:
     Engine options: ``torch``: ``precision`` (auto|fp32|fp16|bf16; auto is fp16 on CUDA, fp32 on CPU),
     ``channels_last`` (default on CUDA), ``compile`` (torch.compile). ``onnx``: ``threads`` (ORT intra-op
     threads, default all cores), ``spin`` (ORT spin-waiting, default off), ``cache_dir``.
-    ``gpu_decode`` (default True): decode JPEGs on the GPU when the device is CUDA.
+    ``gpu_decode`` (default True): decode JPEGs on the GPU when the device is CUDA. ``max_pixels``: the pixel cap
+    of uploads (files always use the loader's default).
     """
 
     def __init__(
@@ -51,6 +65,7 @@ class Embedder:
         device: str = "auto",
         engine: str = "auto",
         gpu_decode: bool = True,
+        max_pixels: int = MAX_PIXELS,
         **engine_options: object,
     ) -> None:
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
@@ -59,6 +74,9 @@ class Embedder:
         self.preset = EvalPreset(self.checkpoint.config.image_size)
         self.engine: Engine = build_engine(self.checkpoint, self.device, engine, **engine_options)
         self.gpu_decode = gpu_decode and self.device.type == "cuda"
+        self.max_pixels = max_pixels
+        self._passes = 0  # forward passes of embed_uploads running now
+        self._passes_lock = threading.Lock()
         log.info("embedding with engine %s on %s", self.engine.name, self.device)
 
     @property
@@ -79,6 +97,82 @@ class Embedder:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.embed_tensors(torch.stack([self.preset(im) for im in images]))
+
+    # -- uploads: raw bytes -> unit vectors ---------------------------------------------------------------------
+    @property
+    def draft_size(self) -> int:
+        """JPEG uploads are decoded at this ``draft_size`` (``load_image``): the short side the crop resizes to."""
+        return self.preset.resize_size
+
+    def probe(self, data: bytes) -> ImageHeader:
+        """The upload's header, checked like every decode path checks it; raises :class:`ImageError`."""
+        return probe(data, self.max_pixels)
+
+    def decode_cost(self, header: ImageHeader) -> int:
+        """Estimated peak bytes of :meth:`prepare` for an upload with this header."""
+        return header.decode_bytes(self.draft_size)
+
+    def prepare(self, data: bytes, reserve: Reserve | None = None) -> torch.Tensor:
+        """One upload -> its (3, s, s) uint8 crop, decoded within ``reserve`` (when given) of its estimated cost.
+
+        Raises :class:`ImageError` for anything wrong with the bytes (whatever the decoder raised), or what
+        ``reserve`` raises to refuse the memory.
+        """
+        header = self.probe(data)
+        with (reserve or _no_reserve)(self.decode_cost(header)):
+            try:
+                return self.preset.crop(decode_tensor(data, self.draft_size, self.max_pixels, header))
+            except ImageError:
+                raise
+            except Exception as exc:  # a decoder or resize failure is this upload's, not the batch's
+                log.warning("upload failed to decode: %r", exc)
+                raise ImageError("corrupt_image", f"The image could not be decoded: {exc}") from exc
+
+    def prepare_decoded(self, image: Image.Image) -> torch.Tensor:
+        """The crop of an upload already decoded by ``load_image`` at the same decoded size as at ``draft_size``
+        (so the same pixels): equal to :meth:`prepare` of its bytes, without decoding them again."""
+        return self.preset.crop(image)
+
+    def embed_uploads(
+        self, uploads: Sequence[bytes | torch.Tensor], reserve: Reserve | None = None
+    ) -> list[np.ndarray | Exception]:
+        """Raw bytes (or crops from :meth:`prepare`) of many uploads -> one unit vector (d,) each, or the exception
+        that upload failed with: :class:`ImageError` (bad bytes), what ``reserve`` raised, or :class:`ModelError`.
+
+        One forward pass for the batch; if it fails, each upload is run alone, so only the one the model fails on
+        gets an error. Several threads may call this at once (model instances): a pass that runs alone uses every
+        core, passes that overlap use one core each (``Engine.run_single_threaded``).
+        """
+        errors: dict[int, Exception] = {}
+        crops: dict[int, torch.Tensor] = {}
+        for i, upload in enumerate(uploads):
+            try:
+                crops[i] = upload if isinstance(upload, torch.Tensor) else self.prepare(upload, reserve)
+            except Exception as exc:
+                errors[i] = exc
+        rows = dict(zip(crops, self._run_or_each(list(crops.values())), strict=True)) if crops else {}
+        return [errors[i] if i in errors else rows[i] for i in range(len(uploads))]
+
+    def _run_or_each(self, crops: list[torch.Tensor]) -> list[np.ndarray | Exception]:
+        try:
+            return list(self._run(self.preset.normalise(torch.stack(crops))))
+        except Exception as exc:
+            log.exception("forward pass over %d uploads failed", len(crops))
+            if len(crops) == 1:
+                return [ModelError(f"The model failed on this image: {exc}")]
+        return [self._run_or_each([crop])[0] for crop in crops]  # a pass each: only the culprit fails
+
+    def _run(self, batch: torch.Tensor) -> np.ndarray:
+        with self._passes_lock:
+            self._passes += 1
+            alone = self._passes == 1
+        try:
+            # A pass that runs alone takes every core (a lone request is answered sooner); passes that run
+            # together take one core each instead of contending for all of them.
+            return self.embed_tensors(batch) if alone else self.engine.run_single_threaded(batch)
+        finally:
+            with self._passes_lock:
+                self._passes -= 1
 
     def embed_files(
         self,
@@ -108,7 +202,7 @@ class Embedder:
         return EmbedResult(embeddings, ok, failures)
 
     def _embedded_chunks(self, files: list[Path], batch_size: int, workers: int | None) -> Iterator[EmbeddedChunk]:
-        if isinstance(self.engine, OnnxEngine) and workers != 0:
+        if self.engine.concurrent_calls > 1 and workers != 0:
             workers = default_workers() if workers is None else workers
             chunk = min(batch_size, CHUNK)
             yield from embed_in_workers(files, self.preset, self.engine.run_single_threaded, workers, chunk)
@@ -133,3 +227,7 @@ class Embedder:
         for batch in batches:
             embeddings = self.embed_tensors(batch.images) if batch.ok else np.zeros((0, self.dim), np.float32)
             yield EmbeddedChunk(embeddings, batch.ok, batch.failures)
+
+
+def _no_reserve(nbytes: int) -> AbstractContextManager[object]:
+    return nullcontext()

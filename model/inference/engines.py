@@ -29,10 +29,19 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 class Engine(Protocol):
+    """Runs the encoder. Calls may come from several threads at once (model instances, embedding workers)."""
+
     name: str
+    # How many single-threaded calls are worth running at once: one per core where each call keeps to one core
+    # (ONNX Runtime), 1 where the engine's threads are shared by the whole process (PyTorch).
+    concurrent_calls: int
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        """Normalised images (n, 3, h, w) -> unit-length embeddings (n, d) float32."""
+        """Normalised images (n, 3, h, w) -> unit-length embeddings (n, d) float32, using every core."""
+        ...
+
+    def run_single_threaded(self, batch: torch.Tensor) -> np.ndarray:
+        """The same embeddings computed on one core, for callers that run one call per core at once."""
         ...
 
 
@@ -45,6 +54,7 @@ class TorchEngine:
     """
 
     name = "torch"
+    concurrent_calls = 1  # torch's intra-op threads are process-wide: calls at once would share them
 
     def __init__(
         self,
@@ -77,6 +87,9 @@ class TorchEngine:
             out = self._embed(batch)
         return out.float().cpu().numpy()
 
+    def run_single_threaded(self, batch: torch.Tensor) -> np.ndarray:
+        return self(batch)  # no per-call thread count in PyTorch: concurrent_calls = 1 says so
+
 
 def session_options(threads: int | None = None, spin: bool = False) -> object:
     """ORT on a shared CPU: every core for intra-op work, full graph optimisation, and no spin-waiting.
@@ -106,6 +119,7 @@ class OnnxEngine:
     ) -> None:
         import onnxruntime as ort
 
+        self.concurrent_calls = cpu_count()
         self.path = onnx_path(ckpt, cache_dir)
         options = session_options(threads, spin)
         session = None

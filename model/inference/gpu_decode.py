@@ -22,6 +22,7 @@ from model.inference.decode import DecodedBatch, decode_one, plain_jpeg
 
 log = logging.getLogger(__name__)
 
+
 def decode_batch_cuda(paths: Sequence[Path], start: int, preset: EvalPreset, device: torch.device) -> DecodedBatch:
     """Like :func:`model.inference.decode.decode_batch`, with JPEGs decoded on ``device``."""
     from torchvision.io import ImageReadMode, decode_jpeg
