@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from model.core.files import atomic_path
-from model.core.network import ModelConfig, SiameseNetwork
+from model.core.network import LEGACY_INPUT_NORM, ModelConfig, SiameseNetwork
 
 FORMAT_VERSION = 1
 
@@ -98,9 +98,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"Checkpoint {path} is damaged or not an imgsim checkpoint: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"Checkpoint {path} is not an imgsim checkpoint of format {FORMAT_VERSION}.")
+    # A checkpoint that does not name its input scaling predates the option: it was trained on "imagenet".
+    model_args = {"input_norm": LEGACY_INPUT_NORM, **payload["model_args"]}
     # The weights come from the file, so the pretrained ones need not be fetched again.
     try:
-        config = ModelConfig(**{**payload["model_args"], "pretrained": False})
+        config = ModelConfig(**{**model_args, "pretrained": False})
         model = SiameseNetwork(config)
         model.load_state_dict(payload["model"])
     except (TypeError, RuntimeError) as exc:  # unknown model arguments, or weights of another architecture
@@ -108,7 +110,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"Checkpoint {path} was written by an incompatible version of imgsim ({exc}). "
             "Train it again with `imgsim train`."
         ) from exc
-    model.config = ModelConfig(**payload["model_args"])
+    model.config = ModelConfig(**model_args)
     model.eval()
     known = {
         "format_version",

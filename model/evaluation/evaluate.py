@@ -94,7 +94,7 @@ def evaluate_sets(
     kw = dict(image_size=config.image_size, num_workers=workers, device=device, progress=progress)
     reference = None
     if with_baseline and not frozen and config.backbone != "seed-cnn":
-        reference = build_backbone(config.backbone, pretrained=True).to(device)
+        reference = build_backbone(config.backbone, pretrained=True, input_norm=config.input_norm).to(device)
     result = EvalResult()
     for s in sets:
         labels = [i.label for i in s.items]

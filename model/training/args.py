@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from model.core.backbones import BACKBONES, INPUT_NORMS
 from model.core.network import HEADS
 from model.data.sampling import SAMPLERS
 from model.training.losses import LOSSES
@@ -18,7 +19,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, help="folder-per-class gallery to train on")
     p.add_argument("--out", required=True, help="run directory: checkpoints, loss.png, metrics.json")
-    p.add_argument("--backbone", default="efficientnet-lite0", help="efficientnet-lite0, resnet18, resnet50, seed-cnn")
+    p.add_argument("--backbone", default="efficientnet-lite0", help=", ".join(BACKBONES))
     p.add_argument("--embedding-dim", type=int, default=256)
     p.add_argument("--head", default="anchored", choices=HEADS)
     p.add_argument("--loss", default="contrastive", choices=LOSSES, help="contrastive (the article's) or triplet")
@@ -36,7 +37,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=0.5,
         help="anchored head: share of the frozen anchor given to the backbone's ImageNet class probabilities",
     )
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument(
+        "--image-size", type=int, default=0, help="0: the backbone's native size (lite0 224, lite1 240, lite2 260)"
+    )
+    p.add_argument(
+        "--input-norm",
+        default="native",
+        choices=INPUT_NORMS,
+        help="native: the input scaling the backbone's weights were trained with ([-1, 1] for EfficientNet-Lite); "
+        "imagenet: ImageNet mean/std for every backbone (checkpoints before this option)",
+    )
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (seed-cnn always is)")
     p.add_argument("--mode", default="frozen", choices=MODES)
     p.add_argument("--sampler", default="class-balanced", choices=SAMPLERS)

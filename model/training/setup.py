@@ -137,6 +137,7 @@ def _model_config(args: argparse.Namespace) -> ModelConfig:
         class_weight=args.class_weight if not args.no_pretrained else 0.0,
         image_size=args.image_size,
         pretrained=not args.no_pretrained and args.backbone != "seed-cnn",
+        input_norm=args.input_norm,
     )
 
 
