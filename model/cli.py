@@ -27,6 +27,13 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", required=True, help="folder-per-class gallery to evaluate on")
     ev.add_argument("--out", default=None, help="folder for the plots (default: beside the checkpoint)")
+    ev.add_argument(
+        "--queries",
+        default=None,
+        metavar="GLOB|FILE",
+        help="only these photos query (the whole gallery answers): a glob on paths under --data, e.g. "
+        "'*/ILSVRC2012_val_*', or a file listing them; default: every photo, leave-one-out",
+    )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--workers", type=int, default=2)
@@ -69,6 +76,7 @@ def _eval(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         progress=not args.json,
+        queries=args.queries,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

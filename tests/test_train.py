@@ -81,6 +81,24 @@ def test_train_eval_reload_end_to_end(synthetic_gallery: Path, tmp_path: Path, c
     assert verdict["dissimilarity"] == pytest.approx(np.sqrt(max(0.0, 2 - 2 * verdict["similarity"])), abs=1e-4)
 
 
+def test_excluded_photos_stay_out_of_training_and_can_be_the_eval_queries(
+    synthetic_gallery: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    held = "*_00[0-2].png"  # 3 photos of each of the 4 classes
+    assert main(train_argv(synthetic_gallery, run, *TINY, "--max-steps", "1", "--exclude", held)) == 0
+    ckpt = load_checkpoint(run / "best.pt")
+    used = {p for name in ("train", "val", "val_open") for p, _ in ckpt.splits[name]}
+    assert len(used) == 48 - 12 and not any(re.search(r"_00[0-2]\.png$", p) for p in used)
+    capsys.readouterr()
+    argv = ["eval", "--checkpoint", str(run / "best.pt"), "--data", str(synthetic_gallery), "--queries", held]
+    assert main([*argv, "--json", "--workers", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["images"], report["queries"]) == (48, 12)
+    assert main([*argv, "--workers", "0"]) == 0
+    assert "48 images, 4 classes, 12 of them query;" in capsys.readouterr().out
+
+
 def test_training_lowers_the_loss_and_resume_continues(synthetic_gallery: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     common = train_argv(synthetic_gallery, run, *TINY, "--steps-per-epoch", "4", "--lr", "3e-3", "--patience", "10")

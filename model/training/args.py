@@ -76,6 +76,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     p.add_argument("--val-fraction", type=float, default=0.2, help="closed set: share of each class held out")
+    p.add_argument(
+        "--exclude",
+        default=None,
+        metavar="GLOB|FILE",
+        help="photos never used to train, select or calibrate (e.g. the clean queries of `imgsim eval --queries`): "
+        "a glob on paths under --data ('*/ILSVRC2012_val_*') or a file listing them",
+    )
     p.add_argument("--open-classes", default="", help="comma-separated classes held out whole (open set)")
     p.add_argument("--num-open-classes", type=int, default=0, help="or: this many classes drawn with --seed")
     p.add_argument("--seed", type=int, default=0)

@@ -22,7 +22,7 @@ from model.core.device import resolve_device
 from model.core.network import ModelConfig, SiameseNetwork
 from model.core.presets import TrainPreset
 from model.data.datasets import ImageItems
-from model.data.galleries import Gallery, Splits, gallery_fingerprint, make_splits, scan_gallery
+from model.data.galleries import Gallery, Item, Splits, gallery_fingerprint, make_splits, scan_gallery, select_items
 from model.data.sampling import ClassBalancedBatchSampler
 from model.evaluation.evaluate import EvalSet
 from model.inference.features import cached_features
@@ -78,7 +78,7 @@ def setup(args: argparse.Namespace) -> TrainingRun:
     gallery = scan_gallery(args.data)
     open_classes = [c.strip() for c in args.open_classes.split(",") if c.strip()]
     splits = make_splits(
-        gallery.items,
+        _training_items(gallery, args.exclude),
         seed=args.seed,
         val_fraction=args.val_fraction,
         open_classes=open_classes,
@@ -123,6 +123,15 @@ def setup(args: argparse.Namespace) -> TrainingRun:
         run.ctx.teacher = _teacher(args, model.config, device)
         run.image_loader = _image_loader(run)
     return run
+
+
+def _training_items(gallery: Gallery, exclude: str | None) -> list[Item]:
+    """The gallery's photos less those ``--exclude`` names: they stay out of every split."""
+    if not exclude:
+        return gallery.items
+    excluded = set(select_items(gallery, exclude))
+    log.info("--exclude %s: %d of %d photos kept out of training", exclude, len(excluded), len(gallery.items))
+    return [item for k, item in enumerate(gallery.items) if k not in excluded]
 
 
 def _model_config(args: argparse.Namespace) -> ModelConfig:
