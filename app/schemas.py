@@ -41,6 +41,7 @@ class CompareResponse(BaseModel):
                     "similarity": 0.91,
                     "same": True,
                     "threshold": 0.8,
+                    "same_probability": 0.93,
                     "model": {
                         "hash": HASH_EXAMPLE,
                         "backbone": "efficientnet-lite0",
@@ -55,6 +56,10 @@ class CompareResponse(BaseModel):
     similarity: float = Field(description="cosine similarity of the embeddings (-1..1)")
     same: bool = Field(description="dissimilarity below the checkpoint's calibrated threshold")
     threshold: float
+    same_probability: float | None = Field(
+        description="calibrated probability that both photos show the same class, also for classes the model "
+        "never trained on (null for a checkpoint trained before it was calibrated)"
+    )
     model: ModelInfo
 
 

@@ -94,5 +94,6 @@ def _compare(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict()))
     else:
         verdict = "same" if result.same else "different"
-        print(f"Dissimilarity: {result.dissimilarity:.3f}  (threshold {result.threshold:.3f})  -> {verdict}")
+        line = f"Dissimilarity: {result.dissimilarity:.3f}  (threshold {result.threshold:.3f})  -> {verdict}"
+        print(line if result.same_probability is None else f"{line}  (P(same) {result.same_probability:.2f})")
     return 0

@@ -55,6 +55,8 @@ def test_train_eval_reload_end_to_end(synthetic_gallery: Path, tmp_path: Path, c
 
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt.threshold == metrics["threshold"] > 0
+    # Fine-tuning: no fold heads to train in seconds, so the held-out photos of the training classes calibrate.
+    assert ckpt.calibration["method"] == "closed pairs" and ckpt.platt is not None
     assert len(ckpt.splits["val_open"]) == 12 and len(ckpt.class_names) == 3
     assert ckpt.train_args["data_fingerprint"] and ckpt.metrics["closed"]["recall_at_1"] >= 0
 
@@ -78,6 +80,7 @@ def test_train_eval_reload_end_to_end(synthetic_gallery: Path, tmp_path: Path, c
     a, b = sorted(synthetic_gallery.glob("red_circles/*.png"))[:2]
     assert main(["compare", str(a), str(b), "--checkpoint", str(run / "best.pt"), "--json"]) == 0
     verdict = json.loads(capsys.readouterr().out)
+    assert 0 < verdict["same_probability"] < 1
     assert verdict["dissimilarity"] == pytest.approx(np.sqrt(max(0.0, 2 - 2 * verdict["similarity"])), abs=1e-4)
 
 
@@ -139,6 +142,15 @@ def test_frozen_mode_trains_the_head_only_on_cached_features(synthetic_gallery: 
     pretrained = build_backbone("efficientnet-lite0", pretrained=True).state_dict()
     for key, value in trained.backbone.state_dict().items():
         assert torch.equal(value, pretrained[key]), key
+    # The verdict is calibrated on classes held out from training: 2 folds of the 4 classes, a head each.
+    ckpt, metrics = load_checkpoint(run / "best.pt"), json.loads((run / "metrics.json").read_text())
+    calibration = ckpt.calibration
+    assert calibration["method"] == "cross-class" and calibration["pairs"] == 8000
+    assert sorted(c for fold in calibration["folds"] for c in fold) == ckpt.class_names
+    assert [len(fold) for fold in calibration["folds"]] == [2, 2]
+    assert ckpt.platt is not None and ckpt.platt[1] < 0  # farther apart, less likely the same
+    assert metrics["calibration"] == calibration and metrics["threshold"] == ckpt.threshold
+    assert 0 <= metrics["closed"]["brier"] <= 1 and 0 <= metrics["closed"]["ece"] <= 1
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from model.data.galleries import Gallery, Item, Splits, gallery_fingerprint, mak
 from model.data.sampling import ClassBalancedBatchSampler
 from model.evaluation.evaluate import EvalSet
 from model.inference.features import cached_features
-from model.training.loop import PairBatches, StepContext
+from model.training.loop import PairBatches, StepContext, warmup_cosine
 from model.training.losses import build_loss
 
 log = logging.getLogger(__name__)
@@ -268,12 +268,7 @@ def _optimizer(
     if args.mode == "finetune":
         groups.append({"params": list(model.backbone.parameters()), "lr": args.lr * args.backbone_lr_scale})
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    warmup = max(1, int(total_steps * args.warmup))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
-    )
-    return optimizer, scheduler
+    return optimizer, warmup_cosine(optimizer, args.warmup, total_steps)
 
 
 def _train_args(args: argparse.Namespace, gallery: Gallery) -> dict[str, Any]:

@@ -58,6 +58,7 @@ def test_compare_matches_in_process_embeddings(
     assert abs(body["similarity"] - float(ea @ eb)) < 1e-4
     assert body["threshold"] == 0.5
     assert body["same"] == (body["dissimilarity"] < 0.5)
+    assert body["same_probability"] == pytest.approx(1 / (1 + np.exp(8 * body["dissimilarity"] - 4)), abs=1e-9)
     assert body["model"] == {
         "hash": embedder.checkpoint.hash,
         "backbone": "seed-cnn",
