@@ -13,7 +13,7 @@ from model.core.device import resolve_device
 from model.core.images import load_image
 from model.data.galleries import scan_gallery, select_items
 from model.evaluation.evaluate import EvalResult, EvalSet, evaluate_sets
-from model.evaluation.metrics import roc_curve
+from model.evaluation.metrics import calibrate_threshold, roc_curve
 from model.evaluation.plots import plot_distance_histogram, plot_montage, plot_roc
 from model.inference.compare import Comparison, compare
 from model.inference.embedder import Embedder
@@ -27,6 +27,9 @@ REPORT_KEYS = (
     "roc_auc",
     "eer",
     "accuracy",
+    "oracle_accuracy",
+    "brier",
+    "ece",
 )
 
 
@@ -66,10 +69,16 @@ def evaluate_checkpoint(
         with_baseline=True,
         threshold=ckpt.threshold,
     )
+    result.set_verdict(ckpt.threshold, ckpt.platt)  # Brier and ECE of same_probability, when it has one
+    i, j, dissimilar = result.pairs["all"]
+    distances = np.linalg.norm(result.embeddings["all"][i] - result.embeddings["all"][j], axis=1)
+    oracle = calibrate_threshold(distances, dissimilar)
+    result.verification["all"]["oracle_accuracy"] = float(((distances >= oracle) == dissimilar.astype(bool)).mean())
     report: dict[str, Any] = {k: result.retrieval["all"].get(k, result.verification["all"].get(k)) for k in REPORT_KEYS}
     report["threshold"] = ckpt.threshold
     baseline = result.baseline.get("all", {})
     report["baseline"] = {k: baseline.get(k) for k in (*REPORT_KEYS, "threshold")}
+    report["baseline"]["oracle_accuracy"] = baseline.get("accuracy")  # its threshold is fitted on these pairs
     report.update(
         images=len(gallery.items),
         queries=len(query_rows) if query_rows is not None else len(gallery.items),
@@ -131,15 +140,15 @@ def format_report(report: dict[str, Any]) -> str:
         if value is None:
             continue
         change = f"{value - base:+.3f}" if isinstance(base, float) and key != "threshold" else ""
-        lines.append(
-            f"{key:<16}{value:>10.3f}{(base if base is not None else float('nan')):>10.3f}{change:>10}"
-        )
+        shown = f"{base:>10.3f}" if base is not None else " " * 10
+        lines.append(f"{key:<16}{value:>10.3f}{shown}{change:>10}")
     lines.append(
         "baseline = the frozen pretrained backbone's pooled features (unit length); eer lower is better"
     )
     lines.append(
-        "accuracy: trained at the checkpoint's threshold (calibrated at training time); baseline at a threshold "
-        "calibrated on these very pairs (optimistic)"
+        "accuracy: trained at the checkpoint's threshold (calibrated at training time); oracle_accuracy and the "
+        "baseline's accuracy:\n  at a threshold calibrated on these very pairs (optimistic); brier, ece: of the "
+        "checkpoint's same_probability on these pairs"
     )
     lines.append(f"plots: {report['plots']}/roc.png, distances.png, montage.png")
     return "\n".join(lines)
