@@ -30,6 +30,7 @@ class ModelInfo(BaseModel):
     backbone: str = Field(examples=["efficientnet-lite0"])
     embedding_dim: int = Field(examples=[128])
     image_size: int = Field(examples=[224])
+    precision: str = Field(description="what the embeddings are computed in: fp32, int8, fp16, bf16", examples=["int8"])
 
 
 class CompareResponse(BaseModel):
@@ -47,6 +48,7 @@ class CompareResponse(BaseModel):
                         "backbone": "efficientnet-lite0",
                         "embedding_dim": 128,
                         "image_size": 224,
+                        "precision": "int8",
                     },
                 }
             ]

@@ -32,8 +32,11 @@ from app.prometheus import Metrics
 from app.schemas import ModelInfo, SearchHit
 from app.settings import Settings
 from index import GalleryIndex, Hit
+from index.gallery import recorded_precision
+from model.core.device import resolve_device
 from model.core.images import ImageError, load_image
 from model.inference.embedder import Embedder, ModelError
+from model.inference.engines import precision_for_gallery
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +54,35 @@ def _one_torch_thread() -> None:
 
 
 def load_embedder(settings: Settings) -> Embedder:
-    return Embedder(settings.checkpoint, device=settings.device, engine=settings.engine, max_pixels=settings.max_pixels)
+    """The embedder of the settings; precision ``auto`` follows the gallery's (int8 stays int8, float stays
+    float), so a gallery is never mixed with vectors of other numerics."""
+    precision = settings.precision
+    if precision == "auto":
+        precision = precision_for_gallery(recorded_precision(settings.index), resolve_device(settings.device))
+    return Embedder(
+        settings.checkpoint,
+        device=settings.device,
+        engine=settings.engine,
+        max_pixels=settings.max_pixels,
+        precision=precision,
+    )
 
 
 def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
-    """Open the gallery built by this model, or create an empty one; a gallery of another model is refused."""
+    """Open the gallery built by this model, or create an empty one; a gallery of another model, or embedded in
+    other numerics (int8 vs float), is refused."""
     ckpt = embedder.checkpoint
     index_dir = Path(settings.index)
     if (index_dir / "CURRENT").is_file():
-        return GalleryIndex.open(index_dir, model_hash=ckpt.hash, dim=embedder.dim)
+        return GalleryIndex.open(index_dir, model_hash=ckpt.hash, dim=embedder.dim, precision=embedder.precision)
     log.info("no gallery at %s: creating an empty one", index_dir)
-    return GalleryIndex.create(index_dir, model_hash=ckpt.hash, backbone=ckpt.config.backbone, dim=embedder.dim)
+    return GalleryIndex.create(
+        index_dir,
+        model_hash=ckpt.hash,
+        backbone=ckpt.config.backbone,
+        dim=embedder.dim,
+        precision=embedder.precision,
+    )
 
 
 @dataclass
@@ -110,6 +131,7 @@ class Service:
             backbone=ckpt.config.backbone,
             embedding_dim=self.embedder.dim,
             image_size=ckpt.config.image_size,
+            precision=self.embedder.precision,
         )
 
     # -- embedding ------------------------------------------------------------------------------------------

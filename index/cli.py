@@ -63,6 +63,13 @@ def _embedding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "int8", "fp16", "bf16"),
+        help="auto: an existing gallery's own; for a new one int8 on the CPU (when the model quantises well), "
+        "fp16 on CUDA",
+    )
 
 
 def _recorded_checkpoint(index_dir: str, given: str | None) -> str:
@@ -83,6 +90,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=args.device,
+        precision=args.precision,
     )
     print(report.summary())
     return 0
@@ -97,6 +105,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=args.device,
+        precision=args.precision,
     )
     print(report.summary())
     print("ids:", " ".join(map(str, report.ids)))
@@ -126,6 +135,7 @@ def cmd_update(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=args.device,
+        precision=args.precision,
     )
     print(report.summary())
     return 0
@@ -138,7 +148,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     gi = GalleryIndex.open(args.index)
-    embedder = make_embedder(args.checkpoint or _recorded_checkpoint(args.index, None), args.device)
+    checkpoint = args.checkpoint or _recorded_checkpoint(args.index, None)
+    embedder = make_embedder(checkpoint, args.device, index_dir=args.index)  # the gallery's precision
     if embedder.checkpoint.hash != gi.model_hash or embedder.dim != gi.dim:
         raise IndexMismatchError(
             f"Index {args.index} was built by model {gi.model_hash[:12]}, not by this checkpoint "

@@ -58,6 +58,25 @@ class State:
         return ids
 
 
+def same_numerics(a: str, b: str) -> bool:
+    """Whether vectors embedded in precisions ``a`` and ``b`` may share a gallery: int8 ones only with int8 (they
+    sit at cosine about 0.995 to the float ones); fp32, fp16 and bf16 (CUDA autocast) agree to > 0.999."""
+    return (a == "int8") == (b == "int8")
+
+
+def recorded_precision(index_dir: str | Path) -> str | None:
+    """The precision the gallery at ``index_dir`` was embedded in, read from its manifest; None when there is no
+    gallery there yet (or it cannot be read: opening it will say why)."""
+    index_dir = Path(index_dir)
+    try:
+        version = read_current(index_dir)
+        if version is None:
+            return None
+        return read_manifest(snapshots_dir(index_dir) / snapshot_name(version)).precision
+    except (OSError, ValueError, IndexCorruptError):
+        return None
+
+
 class GalleryIndex:
     def __init__(self, index_dir: Path, manifest: Manifest, state: State) -> None:
         self._dir = index_dir
@@ -81,8 +100,10 @@ class GalleryIndex:
         gallery_root: str | Path | None = None,
         factory: str | None = None,
         checkpoint: str | Path | None = None,
+        precision: str = "fp32",
     ) -> GalleryIndex:
-        """An empty index in ``index_dir`` (which must not hold one yet), saved as snapshot 1."""
+        """An empty index in ``index_dir`` (which must not hold one yet), saved as snapshot 1. ``precision``:
+        what the embedder computes in (``Embedder.precision``), recorded so that other numerics are refused."""
         index_dir = Path(index_dir)
         if (index_dir / "CURRENT").exists():
             raise ValueError(f"{index_dir} already holds an index. Open it, or remove it / choose another folder.")
@@ -97,14 +118,23 @@ class GalleryIndex:
             created=time.time(),
             gallery_root=str(Path(gallery_root).resolve()) if gallery_root else None,
             checkpoint=str(checkpoint) if checkpoint else None,
+            precision=precision,
         )
         gi = cls(index_dir, manifest, State(index, {}, {}, 0))
         gi.save()
         return gi
 
     @classmethod
-    def open(cls, index_dir: str | Path, *, model_hash: str | None = None, dim: int | None = None) -> GalleryIndex:
-        """Load the ``CURRENT`` snapshot, verifying the model, the dimension and every file's checksum."""
+    def open(
+        cls,
+        index_dir: str | Path,
+        *,
+        model_hash: str | None = None,
+        dim: int | None = None,
+        precision: str | None = None,
+    ) -> GalleryIndex:
+        """Load the ``CURRENT`` snapshot, verifying the model, the dimension, the embeddings' precision (see
+        :func:`same_numerics`) and every file's checksum."""
         index_dir = Path(index_dir)
         if not (index_dir / "CURRENT").is_file():
             raise FileNotFoundError(f"No index at {index_dir}. Build one with `imgsim index build`.")
@@ -124,6 +154,12 @@ class GalleryIndex:
             if dim is not None and manifest.dim != dim:
                 raise IndexMismatchError(
                     f"Index {index_dir} holds {manifest.dim}-d vectors; this model makes {dim}-d. {rebuild}"
+                )
+            if precision is not None and not same_numerics(manifest.precision, precision):
+                raise IndexMismatchError(
+                    f"Index {index_dir} holds {manifest.precision} embeddings; this embedder computes in {precision}, "
+                    f"whose vectors differ slightly. Embed with precision {manifest.precision} (--precision, "
+                    f"IMGSIM_PRECISION; auto follows the gallery), or {rebuild[0].lower()}{rebuild[1:]}"
                 )
             verify_checksums(snap, manifest)
             try:
@@ -168,6 +204,10 @@ class GalleryIndex:
         return self._manifest.factory
 
     @property
+    def precision(self) -> str:
+        return self._manifest.precision
+
+    @property
     def index_dir(self) -> Path:
         return self._dir
 
@@ -196,6 +236,7 @@ class GalleryIndex:
             "factory": m.factory,
             "model_hash": m.model_hash,
             "backbone": m.backbone,
+            "precision": m.precision,
             "created": m.created,
             "gallery_root": str(self.gallery_root) if self.gallery_root else None,
             "checkpoint": self.checkpoint,
@@ -346,6 +387,7 @@ class GalleryIndex:
                 next_id=state.next_id,
                 gallery_root=str(self.gallery_root) if self.gallery_root else None,
                 checkpoint=self.checkpoint,
+                precision=m.precision,
                 search_params=fx.current_search_params(state.index),
             )
 

@@ -64,6 +64,7 @@ def test_compare_matches_in_process_embeddings(
         "backbone": "seed-cnn",
         "embedding_dim": 16,
         "image_size": 64,
+        "precision": "fp32",  # the tests' engine torch; a checkpoint without training photos has no int8 anyway
     }
     same = client.post("/v1/compare", files=[("images", ("a.png", a)), ("images", ("c.png", a))]).json()
     assert same["dissimilarity"] < 1e-4 and same["same"] is True and abs(same["similarity"] - 1) < 1e-4
