@@ -44,6 +44,12 @@ def register(subparsers: Any) -> None:
     cmp.add_argument("image2")
     cmp.add_argument("--checkpoint", required=True)
     cmp.add_argument("--device", default="auto")
+    cmp.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "int8", "fp16", "bf16"),
+        help="as the service's IMGSIM_PRECISION; auto: int8 on the CPU where the model quantises well",
+    )
     cmp.add_argument("--json", action="store_true")
     cmp.set_defaults(func=_compare)
 
@@ -87,7 +93,7 @@ def _compare(args: argparse.Namespace) -> int:
     from model.evaluation.report import compare_images
 
     try:
-        result = compare_images(args.image1, args.image2, args.checkpoint, device=args.device)
+        result = compare_images(args.image1, args.image2, args.checkpoint, device=args.device, precision=args.precision)
     except ImageError as exc:
         raise ValueError(f"{exc.code}: {exc.detail}") from exc
     if args.json:

@@ -155,12 +155,12 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def compare_images(
-    image1: str | Path, image2: str | Path, checkpoint: str | Path, device: str = "auto"
+    image1: str | Path, image2: str | Path, checkpoint: str | Path, device: str = "auto", precision: str = "auto"
 ) -> Comparison:
     """``imgsim compare``: the verdict ``POST /v1/compare`` gives on the same two files. Each is decoded and
     cropped as the service and the index do (JPEG ``draft`` at the preset's resize size), both are embedded
     in one batch, and :func:`model.inference.compare.compare` gives the answer."""
-    embedder = Embedder(checkpoint, device=device)
+    embedder = Embedder(checkpoint, device=device, precision=precision)
     a, b = embedder.embed_uploads([Path(p).read_bytes() for p in (image1, image2)])
     for path, row in ((image1, a), (image2, b)):
         if isinstance(row, Exception):
