@@ -320,7 +320,7 @@ def run(quick: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="imgsim-bench-") as tmp:
         workdir = Path(tmp)
         ckpt, index_dir, embedder = build(workdir / "default", gallery, calibration=calibration)
-        engine_name = getattr(embedder, "engine_name", "torch")
+        engine_name = f"{embedder.engine_name}, {embedder.precision}"
         model_rates, decode_rate = in_process_rate(embedder, queries, 10 if quick else 20)
         del embedder
         procs = {}
