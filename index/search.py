@@ -15,11 +15,6 @@ if TYPE_CHECKING:
     from index.gallery import State
 
 
-def _selector_is_exact(index: faiss.Index) -> bool:
-    """FAISS applies an id selector faithfully to flat and IVF scans; graph and refine indexes lose recall."""
-    return all(not isinstance(c, faiss.IndexHNSW | faiss.IndexRefine) for c in fx.components(index))
-
-
 def _exact_subset(state: State, x: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Brute force over the stored vectors of ``ids`` (label filter without a faithful selector)."""
     vectors = np.vstack([state.index.reconstruct(int(i)) for i in ids])
@@ -41,8 +36,8 @@ def run_search(state: State, x: np.ndarray, k: int, label: str | None) -> list[l
         if len(subset) == 0:
             return [[] for _ in range(len(x))]
         kk = min(k, len(subset))
-        if _selector_is_exact(index):
-            params = fx.search_params(index, faiss.IDSelectorBatch(subset))
+        if fx.selector_is_exact(index):
+            params = fx.search_params(index, fx.current_search_params(index), faiss.IDSelectorBatch(subset))
             scores, ids = index.search(x, kk, params=params)
         else:
             scores, ids = _exact_subset(state, x, subset, kk)
