@@ -72,6 +72,7 @@ class TypeSettings:
     train_need: Callable[[Any], int] = lambda idx: 1  # vectors needed before training can start
     exact_selector: bool = True  # False: an id selector costs recall (graph search, re-ranking)
     setup: Callable[[Any], None] = lambda idx: None  # once, on a new empty index
+    remove_by_array: bool = False  # remove_ids takes only an IDSelectorArray (IVF's id -> list hash table)
 
 
 _TYPES: tuple[TypeSettings, ...] = (
@@ -96,6 +97,7 @@ _TYPES: tuple[TypeSettings, ...] = (
         params=lambda idx, value, sel, inner: _faiss.SearchParametersIVF(sel=sel, nprobe=int(value)),
         train_need=_ivf_train_need,
         setup=_ivf_setup,
+        remove_by_array=True,
     ),
     TypeSettings(
         faiss.IndexHNSW,
@@ -205,6 +207,23 @@ def search_params(index: faiss.Index, knobs: dict[str, float], selector: Any | N
         return _faiss.SearchParameters(sel=selector)
 
     return for_component(0)
+
+
+def remove_ids(index: faiss.Index, ids: np.ndarray, all_ids: Callable[[], np.ndarray]) -> faiss.Index:
+    """``index`` without ``ids``: in place where the type can remove, else a rebuilt copy (HNSW, refine),
+    which needs every id the index holds (``all_ids()``)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    by_array = any(row.remove_by_array for _, row in components(index))
+    # IDSelectorArray is a linear scan per test: fine for a hash table that looks each id up once, not for
+    # a flat index that tests every stored vector (IDSelectorBatch hashes the ids).
+    selector = _faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)) if by_array else faiss.IDSelectorBatch(ids)
+    try:
+        removed = index.remove_ids(selector)
+    except RuntimeError:
+        return rebuild_without(index, np.setdiff1d(all_ids(), ids))
+    if removed != len(ids):
+        raise RuntimeError(f"FAISS removed {removed} of {len(ids)} ids")
+    return index
 
 
 def rebuild_without(index: faiss.Index, keep_ids: np.ndarray) -> faiss.Index:

@@ -27,30 +27,41 @@ def recall_at(found: list[list[int]], truth: np.ndarray) -> float:
 def test_approximate_recall_vs_exact(make_index, factory: str, params: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
     gi, x = make_index(N, DIM, factory=factory)
     gi.set_search_params(**params)
+    gi.compact()  # the first base: trained on the gallery, the delta folded in
+    assert gi.base_version == gi.version and gi.pending == 0
     queries = clustered(100, DIM, seed=11)
     truth = brute_force(x, np.arange(N), queries, 10)
     found = [[h.id for h in row] for row in gi.search(queries, 10)]
     assert recall_at(found, truth) >= 0.95
-    # Removal keeps the remaining ids and the count consistent (HNSW and refine rebuild, IVF removes).
+    # Removed ids (in the delta: filtered by an id selector, or over-fetched on HNSW and refine) never come
+    # back, before and after compaction takes them out of the base (IVF removes; HNSW and refine rebuild).
     gone = set(gi.remove(list(range(0, N, 7))))
-    assert gi.ntotal == gi.count == N - len(gone)
-    found = [[h.id for h in row] for row in gi.search(queries, 10)]
-    assert not gone & {i for row in found for i in row}
     keep = np.array(sorted(set(range(N)) - gone))
-    assert recall_at(found, brute_force(x[keep], keep, queries, 10)) >= 0.95
-    # The label filter is exact on every type (selector on IVF, brute force over the label on the others).
     mine = keep[keep % 3 == 2]
-    found = [[h.id for h in row] for row in gi.search(queries[:10], 10, label="cls2")]
-    assert all(i % 3 == 2 for row in found for i in row)
-    assert recall_at(found, brute_force(x[mine], mine, queries[:10], 10)) >= 0.9
+    for stage in ("delta", "compacted"):
+        assert gi.count == N - len(gone)
+        found = [[h.id for h in row] for row in gi.search(queries, 10)]
+        assert not gone & {i for row in found for i in row}, stage
+        assert recall_at(found, brute_force(x[keep], keep, queries, 10)) >= 0.95, stage
+        # The label filter is exact on every type (selector on IVF, brute force over the label on the others).
+        found = [[h.id for h in row] for row in gi.search(queries[:10], 10, label="cls2")]
+        assert all(i % 3 == 2 for row in found for i in row), stage
+        assert recall_at(found, brute_force(x[mine], mine, queries[:10], 10)) >= 0.9, stage
+        gi.compact()
+    assert gi.info()["search_params"] == params
 
 
-def test_search_params_survive_save_and_open(make_index) -> None:  # type: ignore[no-untyped-def]
+def test_search_params_survive_reopen_and_compaction(make_index) -> None:  # type: ignore[no-untyped-def]
     gi, _ = make_index(2000, DIM, factory="IVF32,Flat")
-    gi.set_search_params(nprobe=7)
-    gi.save()
+    gi.compact()
+    gi.set_search_params(nprobe=7)  # a logged change
     from index import GalleryIndex
 
+    gi.close()
+    reopened = GalleryIndex.open(gi.index_dir)
+    assert reopened.info()["search_params"] == {"nprobe": 7} and reopened.pending == 0
+    reopened.compact()  # folded into the next base's manifest
+    reopened.close()
     assert GalleryIndex.open(gi.index_dir).info()["search_params"] == {"nprobe": 7}
 
 
