@@ -230,11 +230,12 @@ def rebuild_without(index: faiss.Index, keep_ids: np.ndarray) -> faiss.Index:
     """A copy holding only ``keep_ids``, for types that cannot remove in place (HNSW, refine).
 
     ``reset`` empties the copy but keeps what it learnt in training, so nothing is retrained."""
-    vectors = np.vstack([index.reconstruct(int(i)) for i in keep_ids]) if len(keep_ids) else None
     fresh = faiss.clone_index(index)
     fresh.reset()
     apply_search_params(fresh, current_search_params(index))
-    if vectors is not None:
-        fresh.add_with_ids(vectors.astype(np.float32), keep_ids.astype(np.int64))
+    keep_ids = np.ascontiguousarray(keep_ids, dtype=np.int64)
+    for start in range(0, len(keep_ids), 65536):  # a chunk at a time: never a second copy of everything
+        ids = keep_ids[start : start + 65536]
+        fresh.add_with_ids(np.ascontiguousarray(index.reconstruct_batch(ids), dtype=np.float32), ids)
     log.warning("rebuilt the index without the removed ids (%d vectors kept)", len(keep_ids))
     return fresh

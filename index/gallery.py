@@ -453,12 +453,13 @@ class GalleryIndex:
         return self._view.base.version
 
     def _maybe_compact(self) -> None:
-        fresh = self._working.fresh
+        deltas = self._working.deltas  # sealed ones too: a failed compaction's changes still count
+        oldest = min((d.first_change for d in deltas if d.first_change is not None), default=None)
         if (
             self._policy.background
             and not self._compacting.locked()
             and time.monotonic() >= self._retry_at
-            and due(fresh.changes, fresh.first_change, self._policy)
+            and due(sum(d.changes for d in deltas), oldest, self._policy)
         ):
             self._start(self._background_compaction)
 
@@ -469,9 +470,13 @@ class GalleryIndex:
             self._compact()
             self.last_compaction_error = None
         except Exception as exc:  # the gallery keeps serving from base + log; try again later
-            log.exception("compaction of %s failed; retrying in %.0f s", self._dir, self._policy.retry_after_s)
+            retry = self._policy.retry_after_s
+            if isinstance(exc, StorageError | ValueError):  # a full disk, too few vectors to train: expected
+                log.warning("compaction of %s failed (%s); retrying in %.0f s", self._dir, exc, retry)
+            else:
+                log.exception("compaction of %s failed; retrying in %.0f s", self._dir, retry)
             self.last_compaction_error = f"{type(exc).__name__}: {exc}"
-            self._retry_at = time.monotonic() + self._policy.retry_after_s
+            self._retry_at = time.monotonic() + retry
             return
         finally:
             self._compacting.release()

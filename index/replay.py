@@ -30,6 +30,7 @@ def replay(index_dir: Path, working: Working, since: LogPosition | None, *, dura
     """Apply the records after ``since`` (None: from the start); returns where reading stopped."""
     limit = wal.read_durable(index_dir) if durable_only else None
     found: list[tuple[int, wal.Segment]] = []
+    stopped = False  # the last segment read was read up to the durable mark
     for first, path in wal.segments(index_dir):
         if since is not None and first < since.segment:
             continue
@@ -38,6 +39,7 @@ def replay(index_dir: Path, working: Working, since: LogPosition | None, *, dura
         start = since.offset if since is not None and first == since.segment else 0
         stop = limit[1] if limit is not None and first == limit[0] else None
         found.append((first, wal.read_segment(path, start, stop)))
+        stopped = stop is not None
     wal.check_segment_chain([s for _, s in found])
     for _, segment in found:
         for _, payload in segment.records:
@@ -47,6 +49,7 @@ def replay(index_dir: Path, working: Working, since: LogPosition | None, *, dura
     if not found:
         return since
     first, last = found[-1]
-    if last.bad is not None and not durable_only:
+    # Past the durable mark a bad record is an append under way; before it (or with no writer) it is damage.
+    if last.bad is not None and (stopped or not durable_only):
         log.warning("log %s ends in a bad record (%s): it and what follows are ignored", last.path, last.bad)
     return LogPosition(first, last.end)

@@ -145,14 +145,17 @@ def write_snapshot(
     snaps = snapshots_dir(index_dir)
     snaps.mkdir(parents=True, exist_ok=True)
     final = snaps / snapshot_name(manifest.version)
+    if final.exists() and read_current(index_dir) == manifest.version:
+        # Committed already by an earlier attempt that failed after CURRENT was replaced (a failing fsync
+        # of the folder): the same version holds the same changes, and it is complete (renamed in whole).
+        log.warning("%s is current already: not writing it again", final)
+        return final
     tmp = snaps / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         _write_aside(tmp, manifest, write_files)
-        if final.exists():  # an uncommitted leftover of the same number
-            if read_current(index_dir) == manifest.version:
-                raise IndexCorruptError(f"{final} is current already; a new snapshot must take a new version.")
+        if final.exists():  # an uncommitted leftover of the same number (never the current one: see above)
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:

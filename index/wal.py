@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from index.errors import IndexCorruptError, StorageError, StorageUnavailableError, storage_error
+from index.errors import IndexCorruptError, StorageError, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class LogWriter:
     def __init__(self, path: Path, fd: int, size: int) -> None:
         self.path, self._fd, self._size = path, fd, size
         self.first_seq = int(_NAME.match(path.name).group(1))  # type: ignore[union-attr]
-        self.broken: StorageError | None = None  # set when a failed batch could not be cut off again
+        self._pending_cut: int | None = None  # a failed batch not yet durably cut off: do that first
         self._durable_fd = -1
 
     @property
@@ -182,13 +182,13 @@ class LogWriter:
         return writer
 
     def append(self, payloads: list[bytes]) -> None:
-        """Write and fsync ``payloads`` as one batch; on failure nothing of it stays in the file."""
-        if self.broken is not None:
-            raise StorageUnavailableError(
-                self.broken.errno,
-                f"The log {self.path} could not be repaired after an earlier failure "
-                f"({self.broken.strerror}). Restart the process to recover it.",
-            )
+        """Write and fsync ``payloads`` as one batch; on failure nothing of it stays in the file.
+
+        If even cutting a failed batch off again fails (the disk refuses the truncation or its fsync),
+        nothing is appended until a retry of that cut succeeds: a new batch written over a tail that may
+        still hold the failed one could make its records readable again."""
+        if self._pending_cut is not None:
+            self._cut(self._pending_cut)
         self._append(b"".join(frame(p) for p in payloads))
         self.mark_durable()
 
@@ -219,16 +219,19 @@ class LogWriter:
             view, offset = view[written:], offset + written
 
     def _cut(self, size: int, cause: StorageError | None = None) -> None:
-        """Truncate back to ``size`` and make that durable; if even that fails, refuse further appends."""
+        """Truncate back to ``size`` and make that durable. On failure the cut stays pending (retried before
+        the next append) and the error is raised, unless ``cause`` (the append's own error) will be."""
+        self._size = size
         try:
             os.ftruncate(self._fd, size)
             _sync(self._fd)
         except OSError as exc:
             log.error("log %s: cannot cut a failed append back to %d bytes: %s", self.path, size, exc)
-            self.broken = cause or storage_error(exc, f"the log {self.path}")
+            self._pending_cut = size
             if cause is None:
-                raise self.broken from exc
-        self._size = size
+                raise storage_error(exc, f"the log {self.path}") from exc
+            return
+        self._pending_cut = None
 
     def close(self) -> None:
         for fd in (self._fd, self._durable_fd):
