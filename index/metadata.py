@@ -95,19 +95,31 @@ def write_next_metadata(
 
 
 class MetadataReader:
-    """Read-only queries on one base's database, from any thread."""
+    """Read-only queries on one base's database, from any thread.
+
+    Threads take connections from a pool and open more as needed. One connection, opened (and used) at
+    once, stays open as long as the reader: it keeps the file itself open, so a version still being read
+    after a compaction deleted its snapshot keeps working, on that connection (SQLite is built serialized
+    here: a connection may be shared between threads)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._uri = path.resolve().as_uri() + "?mode=ro&immutable=1"
         self._pool: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        try:
+            self._keeper = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            self._keeper.execute("SELECT id FROM items LIMIT 1").fetchall()  # the file is opened on first use
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorruptError(
+                f"Metadata {self.path} is damaged ({exc}). Rebuild the index with `imgsim index build`."
+            ) from exc
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         try:
             db = self._pool.get_nowait()
         except queue.Empty:
-            db = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            db = self._open_or_share()
         try:
             yield db
         except sqlite3.DatabaseError as exc:
@@ -115,7 +127,16 @@ class MetadataReader:
                 f"Metadata {self.path} is damaged ({exc}). Rebuild the index with `imgsim index build`."
             ) from exc
         finally:
-            self._pool.put(db)
+            if db is not self._keeper:
+                self._pool.put(db)
+
+    def _open_or_share(self) -> sqlite3.Connection:
+        if self.path.exists():
+            try:
+                return sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            except sqlite3.OperationalError:
+                pass  # deleted meanwhile
+        return self._keeper  # the snapshot is gone (an old version): share the connection that holds it
 
     def check(self) -> None:
         with self._db() as db:
@@ -126,7 +147,8 @@ class MetadataReader:
             try:
                 self._pool.get_nowait().close()
             except queue.Empty:
-                return
+                break
+        self._keeper.close()
 
     def row(self, item_id: int) -> ItemRecord | None:
         with self._db() as db:
