@@ -8,8 +8,7 @@ tens, not hundreds), so near neighbours are meaningfully near. An isotropic Gaus
 bench_index uses) has no such structure: inside a cluster every point is about as far as every other, and
 no compressed code can tell its true 10 nearest apart (bench_gallery reports that case too).
 
-Chunk ``i`` of a gallery depends only on (seed, i), so 10M vectors are made a million at a time, and any
-chunk can be made again (the exact ground truth streams over them).
+Chunk ``i`` of a gallery depends only on (seed, i), so 10M vectors are made a chunk at a time, never all at once.
 """
 
 from __future__ import annotations
@@ -64,17 +63,3 @@ def chunks(n: int, seed: int, size: int = CHUNK, isotropic: bool = False) -> Ite
 
 def sha(i: int, salt: str = "") -> str:
     return hashlib.sha256(f"{salt}{i}".encode()).hexdigest()
-
-
-def exact_top_k(n: int, seed: int, queries: np.ndarray, k: int, isotropic: bool = False) -> np.ndarray:
-    """The true top-k ids (rows) of ``queries`` over the first ``n`` vectors, one chunk at a time."""
-    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_i = np.full((len(queries), k), -1, dtype=np.int64)
-    for start, x in chunks(n, seed, isotropic=isotropic):
-        scores = queries @ x.T
-        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
-        s = np.concatenate([best_s, np.take_along_axis(scores, top, axis=1)], axis=1)
-        i = np.concatenate([best_i, top + start], axis=1)
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
-    return best_i

@@ -13,6 +13,7 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +46,54 @@ def items(start: int, n: int, salt: str = "") -> list[Any]:
 
 
 # -- the new design -------------------------------------------------------------------------------------------
-def build(index_dir: Path, n: int, factory: str, nlist_train: int, isotropic: bool) -> dict[str, Any]:
+def build(index_dir: Path, n: int, factory: str, nlist_train: int, isotropic: bool, rerank: bool) -> dict[str, Any]:
     """A gallery of ``n`` vectors written straight to its first base (chunk by chunk)."""
     import faiss
 
     from index.bulk import create_gallery
 
-    faiss.omp_set_num_threads(2)
+    # One FAISS thread: on this shared 2-core machine two spinning OpenMP threads trained 2x slower.
+    faiss.omp_set_num_threads(1)
     started = time.perf_counter()
     train = data.vectors(nlist_train, seed=7, isotropic=isotropic) if nlist_train else None
-    chunks = ((x, items(start, len(x))) for start, x in data.chunks(n, seed=1, isotropic=isotropic))
+    queries = data.vectors(200, seed=2, isotropic=isotropic)
+    truth = _TopK(queries, K)  # the exact answers, from the chunks as they pass (recall needs no second pass)
+
+    def chunks() -> Iterator[tuple[np.ndarray, list[Any]]]:
+        for start, x in data.chunks(n, seed=1, isotropic=isotropic):
+            truth.update(start, x)
+            yield x, items(start, len(x))
+
     count = create_gallery(
-        index_dir, chunks, model_hash="b" * 64, backbone="bench", dim=data.DIM, factory=factory, train=train
+        index_dir,
+        chunks(),
+        model_hash="b" * 64,
+        backbone="bench",
+        dim=data.DIM,
+        factory=factory,
+        train=train,
+        rerank=rerank,
     )
+    np.save(index_dir.parent / f"{index_dir.name}-truth.npy", truth.ids)
     return {"count": count, "build_s": time.perf_counter() - started, "rss": rss()}
+
+
+class _TopK:
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries, self.k = queries, k
+        self.scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        self.ids = np.full((len(queries), k), -1, dtype=np.int64)
+
+    def update(self, start: int, x: np.ndarray) -> None:
+        scores = self.queries @ x.T
+        if scores.shape[1] > self.k:  # the chunk's own top k first: a sort of k + k, not of the chunk
+            part = np.argpartition(-scores, self.k, axis=1)[:, : self.k]
+        else:
+            part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+        s = np.concatenate([self.scores, np.take_along_axis(scores, part, axis=1)], axis=1)
+        i = np.concatenate([self.ids, part + start], axis=1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, : self.k]
+        self.scores, self.ids = np.take_along_axis(s, top, axis=1), np.take_along_axis(i, top, axis=1)
 
 
 def writes(index_dir: Path, n: int, quick: bool, pending: int) -> dict[str, Any]:
@@ -151,7 +186,7 @@ def _paced_writer(gi: Any, add_one: Any, victims: Any, stop: threading.Event, to
     total["seconds"] += time.perf_counter() - started
 
 
-def reopen(index_dir: Path, n: int, truth_n: int, isotropic: bool) -> dict[str, Any]:
+def reopen(index_dir: Path, n: int, recall: bool, isotropic: bool) -> dict[str, Any]:
     """Open + replay of the pending log, memory, recall@10 against exact (when asked), compaction time."""
     import faiss
 
@@ -164,10 +199,21 @@ def reopen(index_dir: Path, n: int, truth_n: int, isotropic: bool) -> dict[str, 
     queries = data.vectors(200, seed=2, isotropic=isotropic)
     out["search"] = pct([_timed(lambda q=q: gi.search(q[None, :], K)) for q in queries])
     out["rss_open"] = rss()
-    if truth_n:  # recall of the base alone: ground truth over the n generated vectors (no log then)
-        truth = data.exact_top_k(truth_n, 1, queries, K, isotropic=isotropic)
-        found = [[h.id for h in row] for row in gi.search(queries, K)]
-        out["recall"] = float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
+    if recall:  # of the base alone (no log yet): against the exact answers the build saved
+        truth = np.load(index_dir.parent / f"{index_dir.name}-truth.npy")
+
+        def measured() -> float:
+            found = [[h.id for h in row] for row in gi.search(queries, K)]
+            return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
+
+        out["recall"] = measured()
+        out["sweep"] = []
+        for nprobe in (16, 32, 64):  # the knobs, measured: search time against recall
+            for factor in (1, 5, 10, 20):
+                gi.view().settings["search_params"] = {"nprobe": nprobe, "rerank": factor}  # this process only
+                times = pct([_timed(lambda q=q: gi.search(q[None, :], K)) for q in queries])
+                out["sweep"].append({"nprobe": nprobe, "rerank": factor, "recall": measured(), **times})
+        out["rss_sweep"] = rss()
     if gi.pending:
         started = time.perf_counter()
         gi.compact()
@@ -222,17 +268,18 @@ def main() -> None:
     parser.add_argument("n", type=int)
     parser.add_argument("--factory", default="IDMap2,Flat")
     parser.add_argument("--train", type=int, default=0, help="training sample size (approximate types)")
-    parser.add_argument("--truth", type=int, default=0, help="measure recall@10 over this many vectors")
+    parser.add_argument("--recall", action="store_true", help="recall@10 against the build's exact answers")
     parser.add_argument("--isotropic", action="store_true", help="bench_index's blobs instead")
+    parser.add_argument("--rerank", action="store_true", help="keep an 8-bit copy on disk to re-rank with")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pending", type=int, default=10_000, help="changes left in the log for reopen")
     args = parser.parse_args()
     if args.kind == "build":
-        result = build(args.dir, args.n, args.factory, args.train, args.isotropic)
+        result = build(args.dir, args.n, args.factory, args.train, args.isotropic, args.rerank)
     elif args.kind == "writes":
         result = writes(args.dir, args.n, args.quick, args.pending)
     elif args.kind == "reopen":
-        result = reopen(args.dir, args.n, args.truth, args.isotropic)
+        result = reopen(args.dir, args.n, args.recall, args.isotropic)
     else:
         result = baseline(args.dir, args.n)
     print(json.dumps(result), flush=True)

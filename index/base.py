@@ -1,7 +1,10 @@
-"""The base: the last snapshot, loaded (its FAISS index in memory, its metadata read on demand).
+"""The base: the last snapshot, loaded (its FAISS index memory-mapped, its metadata read on demand).
 
 A base never changes after it is loaded; what is derived from it (label counts, each label's ids and their
-FAISS id selector) is computed on first use and cached for the base's lifetime.
+FAISS id selector) is computed on first use and cached for the base's lifetime. The index file is mapped
+(``IO_FLAG_MMAP_IFC``: the stored vectors or codes stay in the page cache, file-backed, instead of being
+copied into the heap): opening costs the checksum pass, not a second copy, and nothing ever writes to it
+(compaction reads its own private copy: index/compaction.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from index import factory as fx
 from index.errors import IndexCorruptError, IndexMismatchError
 from index.metadata import MetadataReader
+from index.rerank import RERANK_FILE, Rerank
 from index.snapshot import (
     INDEX_FILE,
     META_FILE,
@@ -38,6 +42,7 @@ class Base:
     ) -> None:
         self.folder, self.manifest, self.index = folder, manifest, index
         self.meta = MetadataReader(folder / META_FILE)
+        self.rerank = Rerank(folder / RERANK_FILE) if (folder / RERANK_FILE).is_file() else None
         self.version, self.next_id, self.count = manifest.version, manifest.next_id, manifest.count
         self.exact_selector = fx.selector_is_exact(index)
         self._label_counts = label_counts
@@ -71,6 +76,11 @@ class Base:
         self.meta.close()
 
 
+def read_mapped(path: Path) -> faiss.Index:
+    """The index in ``path``, its vectors / codes memory-mapped read-only (never modify it: copy it first)."""
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+
+
 def load_base(index_dir: Path, version: int, *, model_hash: str | None, dim: int | None) -> Base:
     """Snapshot ``version``, verifying the model, the dimension and every file's checksum."""
     snap = snapshots_dir(index_dir) / snapshot_name(version)
@@ -87,7 +97,7 @@ def load_base(index_dir: Path, version: int, *, model_hash: str | None, dim: int
         )
     verify_checksums(snap, manifest)
     try:
-        index = faiss.read_index(str(snap / INDEX_FILE))
+        index = read_mapped(snap / INDEX_FILE)
     except RuntimeError as exc:
         raise IndexCorruptError(f"{snap / INDEX_FILE} cannot be read by FAISS. {rebuild}") from exc
     if index.ntotal != manifest.count or index.d != manifest.dim:

@@ -17,6 +17,7 @@ from index import factory as fx
 from index.compaction import write_faiss
 from index.metadata import write_metadata
 from index.records import ItemRecord, NewItem
+from index.rerank import RERANK_FILE, Writer, fit
 from index.snapshot import INDEX_FILE, META_FILE, Manifest, write_snapshot
 
 
@@ -31,11 +32,13 @@ def create_gallery(
     train: np.ndarray | None = None,
     gallery_root: str | Path | None = None,
     checkpoint: str | Path | None = None,
+    rerank: bool = False,
 ) -> int:
     """Write base version 1 holding every chunk's items (ids 0, 1, ... in order); returns the count.
 
-    ``train``: the sample an approximate index is trained on (required for those types). Contents must be
-    distinct (sha256): a repeated one fails the metadata's unique index."""
+    ``train``: the sample an approximate index is trained on (required for those types, and for
+    ``rerank``: an 8-bit copy of the vectors on disk that searches re-rank with, index/rerank.py).
+    Contents must be distinct (sha256): a repeated one fails the metadata's unique index."""
     index_dir = Path(index_dir)
     if (index_dir / "CURRENT").exists():
         raise ValueError(f"{index_dir} already holds an index. Choose another folder.")
@@ -44,8 +47,11 @@ def create_gallery(
         if train is None or len(train) < fx.min_train_size(index):
             raise ValueError(f"Index type {used} needs a training sample of at least {fx.min_train_size(index)}.")
         index.train(np.ascontiguousarray(train, dtype=np.float32))
+    if rerank and train is None:
+        raise ValueError("Re-ranking needs a training sample (the range of its 8-bit codes).")
     count = 0
     now = time.time()
+    codes: Writer | None = None
 
     def records() -> Iterator[ItemRecord]:
         nonlocal count
@@ -53,12 +59,20 @@ def create_gallery(
             x = np.ascontiguousarray(vectors, dtype=np.float32)
             x /= np.linalg.norm(x, axis=1, keepdims=True)
             index.add_with_ids(x, np.arange(count, count + len(x), dtype=np.int64))
+            if codes is not None:
+                codes.add(count, x)
             for item in items:
                 yield ItemRecord(count, item.path, item.label, item.sha256, item.width, item.height, now)
                 count += 1
 
     def write_files(folder: Path) -> None:
+        nonlocal codes
+        if rerank:
+            assert train is not None
+            codes = Writer(folder / RERANK_FILE, *fit(train))
         write_metadata(records(), folder / META_FILE)
+        if codes is not None:
+            codes.close(count)
         write_faiss(index, folder / INDEX_FILE)
         manifest.count, manifest.next_id = count, count
 
@@ -74,6 +88,7 @@ def create_gallery(
         gallery_root=str(Path(gallery_root).resolve()) if gallery_root else None,
         checkpoint=str(checkpoint) if checkpoint else None,
         search_params=fx.current_search_params(index),
+        rerank=rerank,
     )
     write_snapshot(index_dir, manifest, write_files)
     return count

@@ -22,9 +22,11 @@ import faiss
 import numpy as np
 
 from index import factory as fx
-from index.base import Base
+from index import rerank
+from index.base import Base, read_mapped
 from index.errors import IndexCorruptError, StorageFullError, StorageUnavailableError, storage_error
 from index.metadata import write_metadata, write_next_metadata
+from index.rerank import RERANK_FILE
 from index.snapshot import INDEX_FILE, META_FILE, Manifest, write_snapshot
 from index.view import View
 
@@ -59,12 +61,18 @@ def write_faiss(index: faiss.Index, path: Path) -> None:
         raise storage_error(OSError(code, text.splitlines()[-1]), str(path)) from exc
 
 
-def _next_index(sealed: View) -> faiss.Index:
-    base = sealed.base
+def _added(sealed: View) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and vectors the sealed deltas add (those still live)."""
     rows = sealed.delta_rows(None)
-    vectors = np.concatenate([dv.vectors[r] for dv, r in zip(sealed.deltas, rows, strict=True)])
     ids = np.concatenate([dv.ids[r] for dv, r in zip(sealed.deltas, rows, strict=True)])
-    index = faiss.clone_index(base.index)
+    vectors = np.concatenate([dv.vectors[r] for dv, r in zip(sealed.deltas, rows, strict=True)])
+    return ids, vectors
+
+
+def _next_index(sealed: View, ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
+    base = sealed.base
+    # A private copy to change: the served base is memory-mapped and shared with the searches.
+    index = faiss.read_index(str(base.folder / INDEX_FILE))
     if not index.is_trained:
         need = fx.min_train_size(index)
         if len(vectors) < need:
@@ -89,7 +97,8 @@ def build_base(index_dir: Path, sealed: View) -> Base:
     """Write the next base (``sealed.version``) and make it current; returns it, loaded."""
     started = time.perf_counter()
     base, settings = sealed.base, sealed.settings
-    index = _next_index(sealed)
+    new_ids, new_vectors = _added(sealed)
+    index = _next_index(sealed, new_ids, new_vectors)
     relabels = {i: lab for i, lab in sealed.relabels().items() if i < base.next_id and not sealed.deleted(i)}
     found = sealed.get_many([rec.id for dv in sealed.deltas for rec in dv.records()])
     added = sorted(found.values(), key=lambda r: r.id)  # live, with their last label
@@ -107,6 +116,7 @@ def build_base(index_dir: Path, sealed: View) -> Base:
         gallery_root=settings.get("gallery_root"),
         checkpoint=settings.get("checkpoint"),
         search_params=dict(sealed.search_params) or fx.current_search_params(index),
+        rerank=m.rerank,
     )
 
     def write_files(folder: Path) -> None:
@@ -117,6 +127,11 @@ def build_base(index_dir: Path, sealed: View) -> Base:
             else:
                 removed = sealed.deleted_base_ids().tolist()
                 write_next_metadata(base.meta.path, folder / META_FILE, removed, relabels, added, counts)
+            if base.rerank is not None:
+                rerank.write_next(base.rerank.path, folder / RERANK_FILE, new_ids, new_vectors, sealed.next_id)
+            elif m.rerank and len(new_ids):  # the first base of a re-ranked gallery
+                sample = fx.training_sample(new_vectors, 256)
+                rerank.write_new(folder / RERANK_FILE, sample, new_ids, new_vectors, sealed.next_id)
         except OSError as exc:
             raise storage_error(exc, str(folder / META_FILE)) from exc
         except sqlite3.Error as exc:  # SQLite reports a full disk as "database or disk is full"
@@ -129,6 +144,9 @@ def build_base(index_dir: Path, sealed: View) -> Base:
         raise
     except OSError as exc:
         raise storage_error(exc, f"the snapshot of version {manifest.version}") from exc
+    # Serve the file just written, mapped, like a base loaded at open: the built copy goes with this frame.
+    mapped = read_mapped(final / INDEX_FILE)
+    fx.apply_search_params(mapped, manifest.search_params)
     log.info(
         "compacted %s to version %d: %d items, %d changes folded in %.1f s",
         index_dir,
@@ -137,4 +155,4 @@ def build_base(index_dir: Path, sealed: View) -> Base:
         sealed.changes,
         time.perf_counter() - started,
     )
-    return Base(final, manifest, index, label_counts=counts)
+    return Base(final, manifest, mapped, label_counts=counts)

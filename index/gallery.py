@@ -83,8 +83,12 @@ class GalleryIndex:
         factory: str | None = None,
         checkpoint: str | Path | None = None,
         policy: CompactionPolicy | None = None,
+        rerank: bool = False,
     ) -> GalleryIndex:
-        """An empty gallery in ``index_dir`` (which must not hold one yet), as base version 1; it writes."""
+        """An empty gallery in ``index_dir`` (which must not hold one yet), as base version 1; it writes.
+
+        ``rerank``: keep an 8-bit copy of the base's vectors on disk and re-rank the index's candidates
+        with it (for compressed PQ types: index/rerank.py); made by the first compaction."""
         index_dir = Path(index_dir)
         if (index_dir / "CURRENT").exists():
             raise ValueError(f"{index_dir} already holds an index. Open it, or remove it / choose another folder.")
@@ -103,6 +107,7 @@ class GalleryIndex:
                 gallery_root=str(Path(gallery_root).resolve()) if gallery_root else None,
                 checkpoint=str(checkpoint) if checkpoint else None,
                 search_params=fx.current_search_params(index),
+                rerank=rerank,
             )
 
             def write_files(folder: Path) -> None:

@@ -57,6 +57,7 @@ class Manifest:
     gallery_root: str | None = None
     checkpoint: str | None = None
     search_params: dict[str, float] = field(default_factory=dict)
+    rerank: bool = False  # re-rank from an 8-bit copy of the vectors on disk (index/rerank.py)
     checksums: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -170,9 +171,9 @@ def write_snapshot(
 def _write_aside(tmp: Path, manifest: Manifest, write_files: Callable[[Path], None]) -> None:
     write_files(tmp)
     checksums = {}
-    for name in (INDEX_FILE, META_FILE):
-        fsync_path(tmp / name)
-        checksums[name] = sha256_file(tmp / name)
+    for path in sorted(tmp.iterdir()):  # index.faiss, metadata.sqlite, and rerank.sq8 where a base has one
+        fsync_path(path)
+        checksums[path.name] = sha256_file(path)
     manifest.checksums = checksums
     manifest.saved_at = time.time()
     with open(tmp / MANIFEST_FILE, "w") as f:
@@ -212,7 +213,7 @@ def read_manifest(snapshot: Path) -> Manifest:
 
 
 def verify_checksums(snapshot: Path, manifest: Manifest) -> None:
-    for name in (INDEX_FILE, META_FILE):
+    for name in dict.fromkeys([INDEX_FILE, META_FILE, *manifest.checksums]):
         path = snapshot / name
         expected = manifest.checksums.get(name)
         if not path.is_file():

@@ -83,3 +83,52 @@ def test_types_without_ids_are_wrapped() -> None:
     assert make_index("IVF8,Flat", 8)[1] == "IVF8,Flat"
     with pytest.raises(ValueError, match="Invalid FAISS factory"):
         make_index("NotAnIndex", 8)
+
+
+def test_pq_gallery_reranks_from_an_8_bit_copy_on_disk(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from index import GalleryIndex, IndexCorruptError
+    from tests.index.conftest import MANUAL, new_items
+
+    everything, queries = clustered(3500, DIM), clustered(50, DIM, seed=11)
+    x, extra = everything[:3000], everything[3000:]
+    made = {}
+    for name, rerank in (("plain", False), ("ranked", True)):
+        gi = GalleryIndex.create(
+            tmp_path / name,
+            model_hash="m" * 64,
+            backbone="b",
+            dim=DIM,
+            factory="IVF16,PQ4",
+            policy=MANUAL,
+            rerank=rerank,
+        )
+        gi.add(x, new_items(3000))
+        gi.set_search_params(nprobe=16, rerank=20)  # 200 candidates re-ranked (ignored without the file)
+        gi.compact()
+        made[name] = gi
+    truth = brute_force(x, np.arange(3000), queries, 10)
+    plain = recall_at([[h.id for h in row] for row in made["plain"].search(queries, 10)], truth)
+    ranked = recall_at([[h.id for h in row] for row in made["ranked"].search(queries, 10)], truth)
+    assert ranked >= 0.95 and ranked > plain + 0.4  # 4-byte codes alone: about 0.4
+    gi = made["ranked"]
+    snap = gi.index_dir / "snapshots" / (gi.index_dir / "CURRENT").read_text().strip()
+    assert (snap / "rerank.sq8").is_file() and not (
+        made["plain"].index_dir / "snapshots" / snap.name / "rerank.sq8"
+    ).exists()
+    # Changes folded in by the next compaction get their rows; removed ids never come back.
+    gi.add(extra, new_items(500, start=3000))
+    gone = set(gi.remove(list(range(0, 3000, 5))))
+    gi.compact()
+    gi.close()
+    reopened = GalleryIndex.open(gi.index_dir)
+    keep = np.array(sorted(set(range(3500)) - gone))
+    found = [[h.id for h in row] for row in reopened.search(queries, 10)]
+    assert not gone & {i for row in found for i in row}
+    assert recall_at(found, brute_force(everything[keep], keep, queries, 10)) >= 0.95
+    snap = gi.index_dir / "snapshots" / (gi.index_dir / "CURRENT").read_text().strip()
+    data = bytearray((snap / "rerank.sq8").read_bytes())
+    data[-1] ^= 0xFF
+    (snap / "rerank.sq8").write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match=r"rerank.sq8 is damaged"):
+        GalleryIndex.open(gi.index_dir)
+    made["plain"].close()
