@@ -121,7 +121,8 @@ def writes(index_dir: Path, n: int, quick: bool, pending: int) -> dict[str, Any]
     out["writers16"] = _concurrent_adds(gi, add_one, writers=16, per_writer=50 if quick else 200)
     queries = data.vectors(200, seed=2)
     out["search"] = _search_during_writes(gi, queries, add_one, victims)
-    while gi.pending < pending:  # the log that reopen replays: this many changes since the base
+    gi.compact()  # then exactly the log that reopen replays: ``pending`` changes since the base
+    while gi.pending < pending:
         _concurrent_adds(gi, add_one, writers=16, per_writer=max(1, min(100, (pending - gi.pending) // 16 + 1)))
     out["pending"], out["version"], out["count"] = gi.pending, gi.version, gi.count
     out["rss"] = rss()
