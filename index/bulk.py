@@ -35,20 +35,20 @@ def create_gallery(
     rerank: bool = False,
 ) -> int:
     """Write base version 1 holding every chunk's items (ids 0, 1, ... in order); returns the count.
+    ``GalleryIndex.create`` writes its empty first base with it (no chunks).
 
-    ``train``: the sample an approximate index is trained on (required for those types, and for
-    ``rerank``: an 8-bit copy of the vectors on disk that searches re-rank with, index/rerank.py).
+    ``train``: the sample an approximate index is trained on (without it, the type stays untrained: its first
+    compaction trains it) and the range of ``rerank``'s codes (an 8-bit copy of the vectors on disk that
+    searches re-rank with, index/rerank.py; without a sample, the first compaction writes it).
     Contents must be distinct (sha256): a repeated one fails the metadata's unique index."""
     index_dir = Path(index_dir)
     if (index_dir / "CURRENT").exists():
         raise ValueError(f"{index_dir} already holds an index. Choose another folder.")
     index, used = fx.make_index(factory or fx.DEFAULT_FACTORY, dim)
-    if not index.is_trained:
-        if train is None or len(train) < fx.min_train_size(index):
+    if not index.is_trained and train is not None:
+        if len(train) < fx.min_train_size(index):
             raise ValueError(f"Index type {used} needs a training sample of at least {fx.min_train_size(index)}.")
         index.train(np.ascontiguousarray(train, dtype=np.float32))
-    if rerank and train is None:
-        raise ValueError("Re-ranking needs a training sample (the range of its 8-bit codes).")
     count = 0
     now = time.time()
     codes: Writer | None = None
@@ -67,8 +67,7 @@ def create_gallery(
 
     def write_files(folder: Path) -> None:
         nonlocal codes
-        if rerank:
-            assert train is not None
+        if rerank and train is not None:
             codes = Writer(folder / RERANK_FILE, *fit(train))
         write_metadata(records(), folder / META_FILE)
         if codes is not None:

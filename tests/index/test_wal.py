@@ -98,8 +98,8 @@ def test_damage_before_a_later_segment_is_refused(tmp_path: Path) -> None:
     writer.compact()  # a new base; then two segments: seal, fail the build, seal again
     for i in range(2):
         writer.add(clustered(1, 16, seed=80 + i), new_items(1, start=800 + i))
-        writer._working.seal()  # as a compaction that fails after sealing leaves it
-        writer._log = LogWriter.create(gi.index_dir, writer.version + 1)
+        writer._store.working.seal()  # as a compaction that fails after sealing leaves it
+        writer._store.log = LogWriter.create(gi.index_dir, writer.version + 1)
     writer.close()
     first = segments(gi.index_dir)[0][1]
     data = bytearray(first.read_bytes())
@@ -112,7 +112,7 @@ def test_damage_before_a_later_segment_is_refused(tmp_path: Path) -> None:
 def test_missing_segment_is_a_gap(tmp_path: Path) -> None:
     gi, path = _logged_gallery(tmp_path)
     writer = GalleryIndex.open(gi.index_dir, policy=MANUAL)
-    writer._log = LogWriter.create(gi.index_dir, writer.version + 1)  # a second segment
+    writer._store.log = LogWriter.create(gi.index_dir, writer.version + 1)  # a second segment
     writer.add(clustered(1, 16, seed=70), new_items(1, start=700))
     writer.close()
     path.unlink()
