@@ -25,11 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+T = TypeVar("T")  # what a request submits per image
+R = TypeVar("R")  # what the model function gives back per image
 
 
 class QueueFullError(RuntimeError):
@@ -49,15 +48,18 @@ class Admission:
 
 
 @dataclass
-class _Job(Generic[T]):
+class _Job(Generic[T, R]):
     items: Sequence[T]
-    future: asyncio.Future[np.ndarray] = field(repr=False)
+    future: asyncio.Future[Sequence[R]] = field(repr=False)
 
 
-class DynamicBatcher(Generic[T]):
+class DynamicBatcher(Generic[T, R]):
+    """``embed_fn`` takes the items of a batch and gives one result per item, in order (an array's rows, or a
+    list whose entries may be per-item errors: one item's failure need not fail its batch)."""
+
     def __init__(
         self,
-        embed_fn: Callable[[list[T]], np.ndarray],
+        embed_fn: Callable[[list[T]], Sequence[R]],
         *,
         max_batch: int = 32,
         max_wait_s: float = 0.003,
@@ -77,7 +79,7 @@ class DynamicBatcher(Generic[T]):
         # Shared with the instance threads, under the condition's lock: the queue, what is still on its way,
         # and whether the instances should stop once the queue is empty.
         self._cond = threading.Condition()
-        self._pending: deque[_Job[T]] = deque()
+        self._pending: deque[_Job[T, R]] = deque()
         self._arriving = 0  # images admitted and not yet submitted: what a forming batch may wait for
         self._closing = False
         self._alive = 0  # instance threads running
@@ -118,10 +120,10 @@ class DynamicBatcher(Generic[T]):
         admission.arrived = True
         self._arriving -= admission.images
 
-    async def submit(self, items: Sequence[T], admission: Admission | None = None) -> np.ndarray:
-        """Embed ``items`` (in a shared batch) and return their rows, in order. Pass the request's
+    async def submit(self, items: Sequence[T], admission: Admission | None = None) -> Sequence[R]:
+        """Embed ``items`` (in a shared batch) and return their results, in order. Pass the request's
         ``admission`` so that a forming batch stops waiting for these items."""
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Sequence[R]] = asyncio.get_running_loop().create_future()
         with self._cond:
             if self._alive == 0:
                 raise BatcherClosedError("The batcher is not running.")
@@ -151,7 +153,7 @@ class DynamicBatcher(Generic[T]):
             with self._cond:
                 self._alive -= 1
 
-    def _next_batch(self) -> list[_Job[T]] | None:
+    def _next_batch(self) -> list[_Job[T, R]] | None:
         """Block until there is work, then form a batch; None once closing and nothing is left."""
         with self._cond:
             while not self._pending:
@@ -183,11 +185,11 @@ class DynamicBatcher(Generic[T]):
                 self._cond.wait(remaining)
             return batch
 
-    def _forward(self, batch: list[_Job[T]]) -> None:
+    def _forward(self, batch: list[_Job[T, R]]) -> None:
         items: list[Any] = [item for job in batch for item in job.items]
         try:
             out = self.embed_fn(items)
-        except Exception as exc:  # handed to every waiting request, which maps it to an answer
+        except Exception as exc:  # handed to every request of the batch, which maps it to an answer
             log.exception("forward pass over %d images failed", len(items))
             self._call_in_loop(self._fail, batch, exc)
         else:
@@ -198,7 +200,7 @@ class DynamicBatcher(Generic[T]):
         self._loop.call_soon_threadsafe(fn, *args)
 
     # -- back on the event loop -------------------------------------------------------------------------------
-    def _deliver(self, batch: list[_Job[T]], out: np.ndarray) -> None:
+    def _deliver(self, batch: list[_Job[T, R]], out: Sequence[R]) -> None:
         self.batches += 1
         if self.on_batch is not None:
             self.on_batch(len(out))
@@ -209,7 +211,7 @@ class DynamicBatcher(Generic[T]):
             start += len(job.items)
 
     @staticmethod
-    def _fail(batch: list[_Job[T]], exc: Exception) -> None:
+    def _fail(batch: list[_Job[T, R]], exc: Exception) -> None:
         for job in batch:
             if not job.future.done():
                 job.future.set_exception(exc)

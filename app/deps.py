@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Request, UploadFile
+from fastapi import Depends, Path, Request, UploadFile
 
-from app.auth import require_read, require_write
+from app.auth import require_metrics, require_read, require_write
 from app.errors import ServiceError, too_large
-from app.metrics import Metrics
+from app.prometheus import Metrics
 from app.service import Service, Upload
 from app.settings import Settings, app_settings
 
@@ -54,6 +54,26 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ServiceDep = Annotated[Service, Depends(get_service)]
 ReadAccess = Depends(require_read)
 WriteAccess = Depends(require_write)
+MetricsAccess = Depends(require_metrics)
+ItemId = Annotated[int, Path(ge=0, le=2**62, description="the item's id")]
+
+
+class FormRules:
+    """Form checks FastAPI does not make: it takes an empty field for a missing one (``k=''`` silently meant the
+    default 5) and one of several files sent under a single-file name (two images to /v1/search searched one)."""
+
+    def __init__(self, files: dict[str, int] | None = None, integers: tuple[str, ...] = ()) -> None:
+        self.files, self.integers = files or {}, integers
+
+    async def __call__(self, request: Request) -> None:
+        form = await request.form()  # already parsed for the route: Starlette keeps it on the request
+        for name in self.integers:
+            if form.get(name) == "":
+                raise ServiceError(422, "invalid_request", f"{name}: Input should be a valid integer, not empty")
+        for name, count in self.files.items():
+            sent = len(form.getlist(name))
+            if sent > count:
+                raise ServiceError(422, "wrong_image_count", f"Send exactly {count} image in {name!r}; got {sent}.")
 
 
 async def read_upload(upload: UploadFile, field: str, limit: int) -> Upload:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from index.errors import IndexConflictError, StorageError, StorageFullError
-from model.images import ImageError
+from model.core.images import ImageError
 
 log = logging.getLogger(__name__)
 
-# model.images.ImageError codes -> HTTP status (RELIABILITY.md).
+# model.core.images.ImageError codes -> HTTP status (RELIABILITY.md).
 IMAGE_ERROR_STATUS = {
     "empty_image": 422,
     "unsupported_format": 415,
     "image_too_large": 422,
     "corrupt_image": 422,
+    "bad_aspect_ratio": 422,
 }
 
 HTTP_CODES = {
@@ -74,6 +77,20 @@ def index_conflict(exc: IndexConflictError) -> ServiceError:
 
 def error_body(code: str, detail: str) -> dict[str, str]:
     return {"code": code, "detail": detail}
+
+
+async def send_error(
+    send: Send, status: int, code: str, detail: str, headers: dict[str, str] | None = None, close: bool = False
+) -> None:
+    """The JSON error answer, sent from an ASGI middleware (before routing); ``close`` ends the connection, for
+    a request whose body is left unread."""
+    body = json.dumps(error_body(code, detail)).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    if close:
+        raw.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _validation_detail(exc: RequestValidationError) -> str:

@@ -62,7 +62,7 @@ Downloader = Callable[[Path], Path]
 
 
 def _download_stanford_dogs(dest: Path) -> Path:
-    from model.stanford_dogs import download_stanford_dogs
+    from model.data.stanford_dogs import download_stanford_dogs
 
     return download_stanford_dogs(dest)
 
@@ -108,13 +108,13 @@ def resolve_data(opts: UpOptions, downloader: Downloader | None = None) -> tuple
 
 
 def data_fingerprint(data: Path) -> str:
-    from model.data import gallery_fingerprint, scan_gallery
+    from model.data.galleries import gallery_fingerprint, scan_gallery
 
     return gallery_fingerprint(scan_gallery(data))
 
 
 def _trained_fingerprint(checkpoint: Path) -> str | None:
-    from model.checkpoint import load_checkpoint
+    from model.core.checkpoint import load_checkpoint
 
     try:
         fingerprint = load_checkpoint(checkpoint).train_args.get("data_fingerprint")
@@ -125,7 +125,7 @@ def _trained_fingerprint(checkpoint: Path) -> str | None:
 
 
 def _run_training(argv: list[str]) -> None:
-    from model.train import main as train_main
+    from model.training.train import main as train_main
 
     code = train_main(argv)
     if code:
@@ -188,7 +188,7 @@ def _index_matches(index_dir: Path, model_hash: str, dim: int) -> bool | None:
 def ensure_index(checkpoint: Path, data: Path, fingerprint: str, opts: UpOptions) -> str:
     """The index at ``opts.index_dir`` for this checkpoint and gallery: reused, updated or built."""
     from index import build_gallery_index, update_gallery_index
-    from model.checkpoint import load_checkpoint
+    from model.core.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     state = {

@@ -19,12 +19,13 @@ import numpy as np
 from PIL import Image
 
 from app.errors import ServiceError, not_found
-from app.media import encode_jpeg, shrink, write_atomic
+from app.media import encode_jpeg, shrink
 from app.schemas import GalleryItem
 from app.service import Service
 from index import ItemRecord, NewItem
 from index.errors import IndexConflictError, IndexCorruptError, storage_error
-from model.images import ImageError, load_image
+from model.core.files import write_atomic
+from model.core.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
 _CONTENT_LOCKS = tuple(threading.Lock() for _ in range(64))

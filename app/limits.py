@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import send_error
 
 
 class BodyLimitMiddleware:
@@ -40,16 +40,4 @@ class BodyLimitMiddleware:
         return f"The request body is larger than the {self.max_bytes:,}-byte cap."
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps({"code": "payload_too_large", "detail": self._detail()}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, "payload_too_large", self._detail(), close=True)

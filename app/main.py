@@ -13,13 +13,14 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from app.auth import ApiKeyMiddleware
 from app.deps import Runtime
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
-from app.metrics import MetricsMiddleware
+from app.prometheus import MetricsMiddleware
 from app.routes import compare, gallery, health, page, search
 from app.routes.page import STATIC_DIR
-from app.service import Service, build_embedder, open_index
+from app.service import Service, load_embedder, open_index
 from app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,14 @@ images, and manage the gallery. Errors are JSON `{"code": ..., "detail": ...}` w
 
 
 def _load(settings: Settings, runtime: Runtime) -> Service:
-    embedder = build_embedder(settings)
+    embedder = load_embedder(settings)
     index = open_index(settings, embedder)
     log.info(
         "loaded model %s (%s, %d-d) on %s and a gallery of %d items (version %d)",
         embedder.checkpoint.hash[:12],
         embedder.checkpoint.config.backbone,
         embedder.dim,
-        getattr(embedder, "device", "?"),
+        embedder.device,
         index.count,
         index.version,
     )
@@ -85,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, compare.router, search.router, gallery.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Outermost last: metrics see every answer; keys are checked before the body cap and before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=body_cap)
+    app.add_middleware(ApiKeyMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.runtime.metrics)
     return app

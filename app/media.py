@@ -1,11 +1,9 @@
-"""Stored gallery images: uploads are re-encoded (never kept or served as the raw bytes) and written atomically."""
+"""Stored gallery images: uploads are re-encoded (never kept or served as the raw bytes); written with
+:func:`model.core.files.write_atomic`."""
 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
-from pathlib import Path
 
 from PIL import Image
 
@@ -28,22 +26,3 @@ def encode_jpeg(image: Image.Image, max_side: int | None = None, quality: int = 
     image.convert("RGB").save(out, format="JPEG", quality=quality, optimize=False)
     return out.getvalue()
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename, fsync the folder: a crash leaves the old file or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

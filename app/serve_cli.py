@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from app.http_guard import EdgeLimits, guarded_protocol
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,29 @@ class DrainingServer(uvicorn.Server):
         timer.start()
 
 
+def uvicorn_config(app: Any, settings: Settings, log_level: str = "info") -> uvicorn.Config:
+    """How ``imgsim serve`` runs ``app``: httptools with the edge limits of ``app.http_guard``."""
+    limits = EdgeLimits(
+        max_connections=settings.max_connections,
+        header_max_bytes=settings.header_max_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        body_min_rate=settings.body_min_rate,
+    )
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        log_level=log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=30,
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
 def serve(settings: Settings) -> int:
     from app.main import create_app
 
@@ -48,18 +72,7 @@ def serve(settings: Settings) -> int:
         raise FileNotFoundError(
             f"Checkpoint {settings.checkpoint} does not exist. Pass --checkpoint or set IMGSIM_CHECKPOINT."
         )
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=30,
-        proxy_headers=False,
-        server_header=False,
-    )
-    DrainingServer(config, settings.drain_seconds).run()
+    DrainingServer(uvicorn_config(create_app(settings), settings), settings.drain_seconds).run()
     return 0
 
 

@@ -1,39 +1,46 @@
 """The loaded service: embedder, gallery index and batcher, and the work each request hands off to them.
 
-CPU work (decoding, re-encoding, searching a large gallery, saving) runs in worker threads via ``anyio``; the
-forward pass runs on the batcher's instance threads. Nothing here runs on the event loop for long: a search of
-a small gallery does, because it takes less time than the thread hop.
+Every upload is admitted by the bounded queue before anything decodes it, and decoded within a memory budget
+(``app.budget``): the excess is refused at once with 503 ``overloaded``. Turning bytes into vectors is the
+embedder's job (``Embedder.embed_uploads``: decode, check, crop, normalise, run, one result or error per
+upload); this module only decides where that runs. With several model instances each decodes its own batch
+(a request's bytes go straight to the batcher); with one, uploads are decoded in worker threads so that decoding
+overlaps the forward pass. CPU work runs in worker threads via ``anyio``, never on the event loop for long: a
+search of a small gallery does, because it takes less time than the thread hop.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from anyio import to_thread
 from PIL import Image
 
-from app.batching import BatcherClosedError, DynamicBatcher, QueueFullError
+from app.batching import Admission, BatcherClosedError, DynamicBatcher, QueueFullError
+from app.budget import MemoryBudget, OverBudgetError
 from app.errors import ServiceError, image_error, too_large
-from app.metrics import Metrics
+from app.media import shrink
+from app.prometheus import Metrics
 from app.schemas import ModelInfo, SearchHit
 from app.settings import Settings
 from index import GalleryIndex, Hit
-from model.batch_decode import decode_tensor
-from model.embedder import Embedder
-from model.engines import OnnxEngine, cpu_count
-from model.images import ImageError, load_image
+from model.core.images import ImageError, load_image
+from model.inference.embedder import Embedder, ModelError
 
 log = logging.getLogger(__name__)
 
 INLINE_SEARCH_FLOATS = 2**20  # galleries up to this many stored floats are searched on the event loop
+
+Item = bytes | torch.Tensor  # what a request hands the batcher per image: raw bytes, or a crop ready for the model
+Outcome = np.ndarray | Exception  # what comes back per image: its unit vector, or why it has none
 
 
 def _one_torch_thread() -> None:
@@ -43,11 +50,8 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def build_embedder(settings: Settings) -> Embedder:
-    kwargs: dict[str, Any] = {"device": settings.device}
-    if "engine" in inspect.signature(Embedder).parameters:
-        kwargs["engine"] = settings.engine
-    return Embedder(settings.checkpoint, **kwargs)
+def load_embedder(settings: Settings) -> Embedder:
+    return Embedder(settings.checkpoint, device=settings.device, engine=settings.engine, max_pixels=settings.max_pixels)
 
 
 def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
@@ -62,9 +66,8 @@ def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
 
 @dataclass
 class Upload:
-    field: str
+    field: str  # the form field, named in error details
     data: bytes
-    error: ServiceError | None = None  # set by a model instance that could not decode it
 
 
 @dataclass
@@ -73,19 +76,16 @@ class Service:
     embedder: Embedder
     index: GalleryIndex
     metrics: Metrics
-    batcher: DynamicBatcher[torch.Tensor | Upload] = field(init=False)
+    batcher: DynamicBatcher[Item, Outcome] = field(init=False)
+    budget: MemoryBudget = field(init=False)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         s = self.settings
-        onnx = isinstance(self.embedder.engine, OnnxEngine)
-        instances = s.model_instances or (cpu_count() if onnx else 1)
-        # Several instances on ONNX Runtime: single-threaded passes share the cores instead of each taking all,
-        # and each instance decodes its own batch (as embed_files' workers do), so a request's bytes go
-        # straight to the batcher: no decoding thread, one thread hop fewer per request.
-        self._single_threaded = onnx and instances > 1
-        self._passes = 0  # forward passes running now
-        self._passes_lock = threading.Lock()
+        engine = self.embedder.engine
+        instances = s.model_instances or engine.concurrent_calls
+        self._instances_decode = instances > 1
+        self.budget = MemoryBudget(s.decode_budget_bytes)
         self.batcher = DynamicBatcher(
             self._forward,
             max_batch=s.batch_max_size or (64 if self.device_type == "cuda" else 8),
@@ -94,13 +94,13 @@ class Service:
             enabled=s.batching,
             instances=instances,
             on_batch=self.metrics.batch_size.observe,
-            initializer=_one_torch_thread if self._single_threaded else None,
+            initializer=_one_torch_thread if instances > 1 and engine.concurrent_calls > 1 else None,
         )
         self.metrics.bind(lambda: self.batcher.depth, lambda: self.index.count)
 
     @property
     def device_type(self) -> str:
-        return str(getattr(getattr(self.embedder, "device", None), "type", "cpu"))
+        return self.embedder.device.type
 
     @property
     def model_info(self) -> ModelInfo:
@@ -113,79 +113,97 @@ class Service:
         )
 
     # -- embedding ------------------------------------------------------------------------------------------
-    def _forward(self, items: list[torch.Tensor | Upload]) -> np.ndarray:
-        """A model instance: decode and crop the uploads (with several instances), then the whole batch to
-        float at once, then the model. An upload that does not decode keeps its error and a blank row."""
-        crops = [self._crop_or_blank(item) if isinstance(item, Upload) else item for item in items]
-        batch = self.embedder.preset.normalise(torch.stack(crops))
-        engine = self.embedder.engine
-        with self._passes_lock:
-            self._passes += 1
-            alone = self._passes == 1
-        try:
-            # A pass that runs alone takes every core (a lone request is answered sooner); passes that run
-            # together take one core each instead of contending for all of them.
-            if self._single_threaded and not alone and isinstance(engine, OnnxEngine):
-                return engine.run_single_threaded(batch)
-            return self.embedder.embed_tensors(batch)
-        finally:
-            with self._passes_lock:
-                self._passes -= 1
+    def _forward(self, items: list[Item]) -> list[Outcome]:
+        """A model instance's pass: the embedder decodes the raw uploads (each within the memory budget) and
+        runs the batch; an upload that fails gets its error, the others their vectors."""
+        return self.embedder.embed_uploads(items, reserve=self.budget.reserve)
 
-    def _crop_or_blank(self, upload: Upload) -> torch.Tensor:
-        try:
-            return self._crop(upload)
-        except ServiceError as exc:
-            upload.error = exc  # the request raises it; the batch goes on without this image
-            size = self.embedder.preset.image_size
-            return torch.zeros(3, size, size, dtype=torch.uint8)
+    async def embed(self, uploads: list[Upload]) -> np.ndarray:
+        """Uploads -> unit embeddings (n, d) through the shared batcher; any upload's error fails the request."""
+        for upload in uploads:
+            self._check_size(upload)
+        with self._admitted(len(uploads)) as admission:
+            if self._instances_decode:
+                outcomes = await self.batcher.submit([u.data for u in uploads], admission)
+            else:
+                crops = await to_thread.run_sync(self._prepare, uploads)
+                outcomes = await self.batcher.submit(crops, admission)
+        return self._vectors(uploads, outcomes)
 
-    def decode(self, upload: Upload, draft_size: int | None) -> Image.Image:
-        """An upload as a Pillow image (for storing it); bad bytes become their 4xx."""
+    def _prepare(self, uploads: list[Upload]) -> list[Item]:
+        """Decode and crop in this worker thread, within the budget; the first bad upload fails the request."""
+        crops: list[Item] = []
+        for upload in uploads:
+            try:
+                crops.append(self.embedder.prepare(upload.data, self.budget.reserve))
+            except Exception as exc:
+                raise self._error(exc, upload.field) from exc
+        return crops
+
+    async def embed_for_gallery(self, upload: Upload) -> tuple[Image.Image, np.ndarray]:
+        """The image to store (at most ``media_max_side``) and the vector of an upload, admitted and decoded
+        within the budget like a search's. Decoded once when the stored copy and the model see the same pixels
+        (anything but a JPEG large enough for ``draft`` to decode the two at different scales)."""
         self._check_size(upload)
-        try:
-            return load_image(upload.data, draft_size=draft_size, max_pixels=self.settings.max_pixels)
-        except ImageError as exc:
-            raise image_error(exc, upload.field) from exc
+        with self._admitted(1) as admission:
+            stored, crop = await to_thread.run_sync(self._decode_for_gallery, upload)
+            outcomes = await self.batcher.submit([crop], admission)
+        return stored, self._vectors([upload], outcomes)[0]
 
-    def _crop(self, upload: Upload) -> torch.Tensor:
-        """Per-request work in the request's thread: decode straight to a tensor, resize and crop on uint8."""
-        self._check_size(upload)
-        preset = self.embedder.preset
+    def _decode_for_gallery(self, upload: Upload) -> tuple[Image.Image, torch.Tensor]:
+        embedder, media_side = self.embedder, self.settings.media_max_side
         try:
-            image = decode_tensor(upload.data, draft_size=preset.resize_size, max_pixels=self.settings.max_pixels)
-        except ImageError as exc:
-            raise image_error(exc, upload.field) from exc
-        return preset.crop(image)
+            header = embedder.probe(upload.data)
+            once = header.decoded_size(media_side) == header.decoded_size(embedder.draft_size)
+            cost = header.decode_bytes(media_side) + (0 if once else embedder.decode_cost(header))
+            with self.budget.reserve(cost):
+                image = load_image(upload.data, draft_size=media_side, max_pixels=self.settings.max_pixels)
+                crop = embedder.prepare_decoded(image) if once else embedder.prepare(upload.data)
+                return shrink(image, media_side), crop
+        except Exception as exc:
+            raise self._error(exc, upload.field) from exc
+
+    @contextmanager
+    def _admitted(self, images: int) -> Iterator[Admission]:
+        try:
+            with self.batcher.admit(images) as admission:
+                yield admission
+        except QueueFullError as exc:
+            raise self._overloaded(f"Too busy: {exc} Retry shortly.") from exc
+        except BatcherClosedError as exc:
+            raise ServiceError(503, "draining", str(exc), {"Retry-After": "1"}) from exc
+
+    def _vectors(self, uploads: list[Upload], outcomes: Sequence[Outcome]) -> np.ndarray:
+        vectors = []
+        for upload, outcome in zip(uploads, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                raise self._error(outcome, upload.field) from outcome
+            vectors.append(outcome)
+        stacked = np.stack(vectors)
+        if not np.isfinite(stacked).all():
+            raise ServiceError(422, "invalid_embedding", "The model produced a non-finite embedding for this image.")
+        return stacked
+
+    def _error(self, exc: Exception, field: str) -> Exception:
+        """The answer to one upload's failure: its 4xx, 503 when the decoding budget is spent, or 500 when the
+        model failed on an image that decoded fine."""
+        if isinstance(exc, ServiceError):
+            return exc
+        if isinstance(exc, ImageError):
+            return image_error(exc, field)
+        if isinstance(exc, OverBudgetError):
+            return self._overloaded(f"Too busy: {exc} Retry shortly.")
+        if isinstance(exc, ModelError):
+            return ServiceError(500, "embedding_failed", f"{field}: {exc}")
+        return exc
+
+    def _overloaded(self, detail: str) -> ServiceError:
+        self.metrics.rejected.inc()
+        return ServiceError(503, "overloaded", detail, {"Retry-After": str(self.settings.retry_after_s)})
 
     def _check_size(self, upload: Upload) -> None:
         if len(upload.data) > self.settings.max_upload_bytes:
             raise too_large(self.settings.max_upload_bytes)
-
-    async def embed(self, uploads: list[Upload]) -> np.ndarray:
-        """Uploads -> unit embeddings (n, d) through the shared batcher; decoded in a worker thread, or by the
-        model instance that takes them."""
-        try:
-            with self.batcher.admit(len(uploads)) as admission:
-                if self._single_threaded:
-                    for upload in uploads:
-                        self._check_size(upload)
-                    vectors = await self.batcher.submit(uploads, admission)
-                    errors = [u.error for u in uploads if u.error is not None]
-                    if errors:
-                        raise errors[0]
-                else:
-                    crops = await to_thread.run_sync(lambda: [self._crop(u) for u in uploads])
-                    vectors = await self.batcher.submit(crops, admission)
-        except QueueFullError as exc:
-            self.metrics.rejected.inc()
-            retry = {"Retry-After": str(self.settings.retry_after_s)}
-            raise ServiceError(503, "overloaded", f"Too busy: {exc} Retry shortly.", retry) from exc
-        except BatcherClosedError as exc:
-            raise ServiceError(503, "draining", str(exc), {"Retry-After": "1"}) from exc
-        if not np.isfinite(vectors).all():
-            raise ServiceError(422, "invalid_embedding", "The model produced a non-finite embedding for this image.")
-        return vectors
 
     # -- search ---------------------------------------------------------------------------------------------
     def hits(self, raw: list[Hit]) -> list[SearchHit]:

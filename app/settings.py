@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     checkpoint: Path = Field(default=Path("models/default/best.pt"), description="trained checkpoint (.pt)")
     index: Path = Field(default=Path("indexes/default"), description="gallery index folder; created empty if missing")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
-    engine: str = Field(default="auto", description="embedding engine, passed on when the embedder supports it")
+    engine: str = Field(default="auto", description="embedding engine: auto, onnx or torch")
     host: str = "127.0.0.1"
     port: int = 8000
     access_log: bool = True
@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=40 * MiB, gt=0, description="per request (several images)")
     max_pixels: int = Field(default=40_000_000, gt=0)
     max_batch_images: int = Field(default=16, ge=1, description="images in one /v1/search/batch request")
+    # Decodes in flight reserve their estimated peak memory (ImageHeader.decode_bytes) from this budget; one that
+    # does not fit gets 503 overloaded at once. 1 GiB holds the largest allowed image (40 MP: 0.4-0.8 GB to
+    # decode, more for 16-bit) beside the usual photos (a 12 MP JPEG decodes at 1/8 scale: about 2 MB).
+    decode_budget_bytes: int = Field(default=1024 * MiB, gt=0, description="memory for decoding uploads at once")
 
     # Dynamic batching and the bounded queue.
     batching: bool = True
@@ -46,6 +50,16 @@ class Settings(BaseSettings):
     # Optional API keys (header X-API-Key, comma-separated lists); write keys also read. None: the API is open.
     api_keys_read: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_write: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # With keys set, /metrics asks for a read key too, unless this is true (a scraper without a key).
+    metrics_public: bool = False
+
+    # The HTTP edge (app/http_guard.py; put the same limits on a reverse proxy: docs/deploy.md).
+    max_connections: int = Field(default=256, ge=1, description="open connections; the one beyond gets 503")
+    header_max_bytes: int = Field(default=16 * 1024, ge=1024, description="request line and headers (else 431)")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="for a request's headers to arrive (else 408)")
+    body_timeout_s: float = Field(default=10.0, gt=0, description="for a body, plus 1 s per body_min_rate bytes")
+    body_min_rate: int = Field(default=32 * 1024, gt=0, description="bytes/s a body must keep up (else 408)")
+    keep_alive_timeout_s: int = Field(default=5, ge=1, description="idle time before a kept-alive connection closes")
 
     media_max_side: int = Field(default=1024, ge=64, description="stored re-encoded uploads are at most this big")
     drain_seconds: float = Field(default=1.0, ge=0, description="after SIGTERM, readiness is 503 this long before exit")

@@ -33,15 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.bench_embedding import machine_line
-from model.backbones import EfficientNetLite0
-from model.batch_decode import iter_batches
-from model.data import make_splits, scan_gallery
-from model.features import cached_features
-from model.losses import ContrastiveLoss, all_pairs, euclidean_distance
-from model.metrics import retrieval_metrics
-from model.network import ModelConfig
-from model.onnx_cache import INPUT_NAME, export_module
-from model.presets import EvalPreset
+from model.core.backbones import EfficientNetLite0
+from model.core.network import ModelConfig
+from model.core.presets import EvalPreset
+from model.data.galleries import make_splits, scan_gallery
+from model.evaluation.metrics import retrieval_metrics
+from model.inference.decode import iter_batches
+from model.inference.features import cached_features
+from model.inference.onnx_export import INPUT_NAME, export_module
+from model.training.losses import ContrastiveLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 DOGS = Path(os.environ.get("IMGSIM_DOGS", ROOT.parent / "shared" / "data" / "dogs"))
@@ -163,8 +163,7 @@ def fine_tune(
         idx = np.concatenate([rng.choice(members, PER_CLASS, replace=False) for members in by_class])
         views = torch.from_numpy(rng.integers(0, 2, len(idx)))
         emb = F.normalize(head(tail(maps[torch.from_numpy(idx), views].float())), dim=1)
-        i, j, y = all_pairs(labels[idx])
-        loss = loss_fn(euclidean_distance(emb[i], emb[j]), y)
+        loss = loss_fn(emb, labels[idx])  # every pair of the batch
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.batch_decode import iter_batches
-from model.checkpoint import Checkpoint, save_checkpoint
-from model.embedder import Embedder
-from model.engines import OnnxEngine, cpu_count
-from model.metrics import retrieval_metrics
-from model.network import ModelConfig, SiameseNetwork
-from model.parallel_embed import CHUNK, default_workers
+from model.core.checkpoint import Checkpoint, save_checkpoint
+from model.core.device import cpu_count
+from model.core.network import ModelConfig, SiameseNetwork
+from model.evaluation.metrics import retrieval_metrics
+from model.inference.decode import iter_batches
+from model.inference.embedder import Embedder
+from model.inference.engines import OnnxEngine
+from model.inference.workers import CHUNK, default_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 DOGS = Path(os.environ.get("IMGSIM_DOGS", ROOT.parent / "shared" / "data" / "dogs"))

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_embedding import machine_line
-from model.train import train
-from model.train_args import get_args_parser
+from model.training.args import get_args_parser
+from model.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DOGS = Path(os.environ.get("IMGSIM_DOGS", ROOT.parent / "shared" / "data" / "dogs"))

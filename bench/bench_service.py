@@ -35,12 +35,12 @@ import torch
 
 from bench.http_load import LoadResult, multipart_request, run_load
 from index import GalleryIndex, NewItem
-from model.batch_decode import decode_tensor
-from model.checkpoint import Checkpoint, save_checkpoint
-from model.embedder import Embedder
-from model.engines import OnnxEngine
-from model.images import load_image
-from model.network import ModelConfig, SiameseNetwork
+from model.core.checkpoint import Checkpoint, save_checkpoint
+from model.core.images import load_image
+from model.core.network import ModelConfig, SiameseNetwork
+from model.inference.decode import decode_tensor
+from model.inference.embedder import Embedder
+from model.inference.engines import OnnxEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 DOGS = Path(os.environ.get("IMGSIM_BENCH_DOGS", ROOT.parent / "shared" / "data" / "dogs"))

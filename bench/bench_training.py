@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_training [--quick]
 
-Both modes run the real step of ``model.steps`` (contrastive loss over every pair of a class-balanced batch)
+Both modes run the real step of ``model.training.loop`` (contrastive loss over every pair of a class-balanced batch)
 on the default architecture (efficientnet-lite0, anchored 256-d head). Inputs are fixed random tensors of
 the right shape, so only the optimisation is timed: decoding is measured by bench_embedding. Medians over
 repeats, both modes in the same run.
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from bench.bench_embedding import machine_line
-from model.losses import ContrastiveLoss, all_pairs
-from model.network import ModelConfig, SiameseNetwork
-from model.steps import StepContext, step_loss
+from model.core.network import ModelConfig, SiameseNetwork
+from model.training.loop import StepContext, step_loss
+from model.training.losses import ContrastiveLoss
 
 CLASSES, M_PER_CLASS = 10, 8  # the defaults on ../shared/data/dogs: 80 images, 3,160 pairs per batch
 
@@ -45,13 +45,12 @@ def _context(module: torch.nn.Module, params: list[dict[str, Any]], frozen: bool
 
 def steps_per_second(ctx: StepContext, inputs: torch.Tensor, steps: int, repeats: int) -> float:
     targets = torch.arange(CLASSES).repeat_interleave(M_PER_CLASS)
-    i, j, y = all_pairs(targets)
     ctx.module.train()
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(steps):
-            loss = step_loss(ctx, inputs, i, j, y)
+            loss = step_loss(ctx, inputs, targets)
             ctx.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             ctx.optimizer.step()
@@ -87,7 +86,7 @@ def run(quick: bool = False) -> str:
         "",
         f"{machine_line()}  ",
         f"Command: `{command}`, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Batch: {CLASSES} classes x "
-        f"{M_PER_CLASS} images ({batch} images, {len(all_pairs(torch.zeros(batch))[0]):,} pairs), efficientnet-lite0, "
+        f"{M_PER_CLASS} images ({batch} images, {batch * (batch - 1) // 2:,} pairs), efficientnet-lite0, "
         "anchored 256-d head, AdamW, fp32 on CPU. Medians of 3 repeats, both modes in this run.",
         "",
         "| mode | steps/s | images/s | one epoch of 4,400 images | vs cached features |",

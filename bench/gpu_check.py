@@ -53,7 +53,7 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, Any]:
 
 
 def gallery_files(data: Path) -> list[Path]:
-    from model.data import scan_gallery
+    from model.data.galleries import scan_gallery
 
     gallery = scan_gallery(data)
     return [gallery.absolute(item) for item in gallery.items]
@@ -61,7 +61,7 @@ def gallery_files(data: Path) -> list[Path]:
 
 def make_embedder(checkpoint: Path, device: str, **options: Any) -> Any:
     """An Embedder with the options this version supports (``engine``, ``gpu_decode``)."""
-    from model.embedder import Embedder
+    from model.inference.embedder import Embedder
 
     accepted = inspect.signature(Embedder.__init__).parameters
     return Embedder(checkpoint, device=device, **{k: v for k, v in options.items() if k in accepted})
@@ -73,8 +73,8 @@ def synchronize(device: str) -> None:
 
 
 def time_training(data: Path, out: Path, device: str, steps: int, extra: list[str]) -> dict[str, Any]:
-    from model.checkpoint import load_checkpoint
-    from model.train import main as train_main
+    from model.core.checkpoint import load_checkpoint
+    from model.training.train import main as train_main
 
     # A large patience so early stopping cannot end the run before --max-steps.
     argv = [

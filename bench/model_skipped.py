@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from app.cli import main
-from model.engines import OnnxEngine, TorchEngine
+from model.inference.engines import OnnxEngine, TorchEngine
 
 EngineCall = Callable[[Any, Any], np.ndarray]
 

@@ -19,11 +19,12 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+
+from model.core.files import write_atomic
 
 log = logging.getLogger("bench.run_all")
 
@@ -53,17 +54,6 @@ def replace_section(text: str, name: str, body: str) -> str:
     if pattern.search(text):
         return pattern.sub(lambda _: block, text, count=1)
     return text.rstrip("\n") + "\n\n" + block + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def update_file(path: Path, sections: dict[str, str]) -> None:

@@ -21,10 +21,10 @@ from tqdm import tqdm
 from index import factory as fx
 from index.gallery import GalleryIndex
 from index.records import NewItem
-from model.checkpoint import Checkpoint
-from model.data import scan_gallery
-from model.embedder import Embedder
-from model.images import is_image_file
+from model.core.checkpoint import Checkpoint
+from model.core.images import is_image_file
+from model.data.galleries import scan_gallery
+from model.inference.embedder import Embedder
 
 log = logging.getLogger(__name__)
 _EXIF_ORIENTATION, _ROTATED = 0x0112, {5, 6, 7, 8}

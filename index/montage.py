@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageOps
 
 from index.records import Hit
-from model.images import ImageError, load_image
+from model.core.images import ImageError, load_image
 
 TILE, CAPTION, PAD = 192, 36, 8
 

@@ -8,7 +8,7 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    from model.train import get_args_parser
+    from model.training.train import get_args_parser
 
     data = subparsers.add_parser("data", help="download a dataset")
     data_sub = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from model.stanford_dogs import download_stanford_dogs
+    from model.data.stanford_dogs import download_stanford_dogs
 
     train_dir = download_stanford_dogs(args.dir)
     print(f"Stanford Dogs is ready: train on {train_dir}, evaluate on {train_dir.parent / 'test'}")
@@ -50,7 +50,7 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.train import train
+    from model.training.train import train
 
     metrics = train(args)
     if metrics:
@@ -60,7 +60,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from model.evaluation_report import evaluate_checkpoint, format_report
+    from model.evaluation.report import evaluate_checkpoint, format_report
 
     report = evaluate_checkpoint(
         args.checkpoint,
@@ -75,15 +75,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from model.evaluation_report import compare_images
-    from model.images import ImageError
+    from model.core.images import ImageError
+    from model.evaluation.report import compare_images
 
     try:
         result = compare_images(args.image1, args.image2, args.checkpoint, device=args.device)
     except ImageError as exc:
         raise ValueError(f"{exc.code}: {exc.detail}") from exc
     if args.json:
-        print(json.dumps(result.__dict__))
+        print(json.dumps(result.to_dict()))
     else:
         verdict = "same" if result.same else "different"
         print(f"Dissimilarity: {result.dissimilarity:.3f}  (threshold {result.threshold:.3f})  -> {verdict}")

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from model.checkpoint import Checkpoint, save_checkpoint
-from model.network import ModelConfig, SiameseNetwork
+from model.core.checkpoint import Checkpoint, save_checkpoint
+from model.core.network import ModelConfig, SiameseNetwork
 
 DOGS = Path(os.environ.get("IMGSIM_TEST_DOGS", Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs"))
 
@@ -60,6 +60,22 @@ def make_gallery(root: Path, per_class: int = 12, seed: int = 0, classes: tuple[
         for k in range(per_class):
             draw_shape(label, rng).save(root / label / f"{label}_{k:03d}.png")
     return root
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-memory measurement for this process (Linux: ``VmHWM`` back to the current RSS).
+
+    ``getrusage``'s ``ru_maxrss`` cannot do this job: it never goes down, and a child process inherits its
+    parent's value across ``exec``."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started or since :func:`reset_peak_rss`."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from model.network import SiameseNetwork
+from model.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.core.network import SiameseNetwork
 
 
 def test_round_trip_rebuilds_the_identical_network(tiny_checkpoint: Path, tiny_model: SiameseNetwork) -> None:

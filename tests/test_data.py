@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from model.data import Item, class_name_from_folder, gallery_fingerprint, make_splits, scan_gallery
-from model.sampling import ClassBalancedBatchSampler, article_pairs
+from model.data.galleries import Item, class_name_from_folder, gallery_fingerprint, make_splits, scan_gallery
+from model.data.sampling import ClassBalancedBatchSampler, article_pairs
 
 
 def test_class_names_come_from_folders() -> None:

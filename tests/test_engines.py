@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-import model.engines as engines
-from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from model.embedder import Embedder
-from model.images import IMAGE_SUFFIXES
-from model.network import ModelConfig, SiameseNetwork
-from model.onnx_cache import onnx_path, weights_hash
+import model.inference.engines as engines
+from model.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.core.images import IMAGE_SUFFIXES
+from model.core.network import ModelConfig, SiameseNetwork
+from model.inference.embedder import Embedder
+from model.inference.onnx_export import onnx_path, weights_hash
 
 
 def gallery_files(root: Path) -> list[Path]:

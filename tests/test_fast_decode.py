@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from model.batch_decode import decode_batch, decode_tensor, iter_batches, plain_jpeg
-from model.embedder import Embedder
-from model.gpu_decode import decode_batch_cuda
-from model.images import ImageError, load_image
-from model.presets import EvalPreset
+from model.core.images import ImageError, load_image
+from model.core.presets import EvalPreset
+from model.inference.decode import decode_batch, decode_tensor, iter_batches, plain_jpeg
+from model.inference.embedder import Embedder
+from model.inference.gpu_decode import decode_batch_cuda
 
 
 @pytest.fixture

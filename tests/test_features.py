@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import fast_features
-from model.backbones import build_backbone
-from model.data import Item, scan_gallery
-from model.features import compute_features
-from model.images import ImageError
+from model.core.backbones import build_backbone
+from model.core.images import ImageError
+from model.data.galleries import Item, scan_gallery
+from model.inference import onnx_features as fast_features
+from model.inference.features import compute_features
 from tests.conftest import TINY_CONFIG
 
 
@@ -19,7 +19,7 @@ def torch_features(
     backbone: torch.nn.Module, root: Path, items: list[Item], monkeypatch: pytest.MonkeyPatch
 ) -> torch.Tensor:
     with monkeypatch.context() as m:
-        m.setattr("model.features.onnx_features", lambda *a, **k: None)
+        m.setattr("model.inference.features.onnx_features", lambda *a, **k: None)
         return compute_features(backbone, root, items, image_size=TINY_CONFIG["image_size"], progress=False)
 
 

@@ -21,8 +21,8 @@ from app.cli import build_parser
 from app.first_run import FirstRunError, UpOptions
 from app.settings import Settings
 from index import GalleryIndex
-from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from model.network import ModelConfig, SiameseNetwork
+from model.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.core.network import ModelConfig, SiameseNetwork
 
 # Not imported from tests/conftest.py: with conftest.py files in subfolders, `import conftest` is ambiguous.
 TINY_CONFIG = {
@@ -350,7 +350,7 @@ def test_up_no_serve_command_end_to_end_with_real_training(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The real `imgsim train` and index build under `imgsim up`, then a rerun that reuses both."""
-    pytest.importorskip("model.train")
+    pytest.importorskip("model.training.train")
     monkeypatch.chdir(tmp_path)
     argv = [
         "up",

@@ -60,7 +60,7 @@ def test_shell_wrapper_fails_fast_without_cuda() -> None:
 
 @pytest.mark.slow
 def test_cpu_smoke_run_writes_json_and_markdown(tmp_path: Path, synthetic_gallery: Path) -> None:
-    pytest.importorskip("model.train")
+    pytest.importorskip("model.training.train")
     tiny = (
         f"--backbone {TINY_CONFIG['backbone']} --embedding-dim {TINY_CONFIG['embedding_dim']} "
         f"--image-size {TINY_CONFIG['image_size']} --no-pretrained --batch-size 8 --workers 0"

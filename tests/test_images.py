@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.images import MAX_PIXELS, ImageError, load_image
+from model.core.images import MAX_PIXELS, ImageError, load_image
 
 
 def encode(image: Image.Image, fmt: str, **kw: object) -> bytes:

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from model.metrics import calibrate_threshold, retrieval_metrics, sample_pairs, verification_metrics
+from model.evaluation.metrics import calibrate_threshold, retrieval_metrics, sample_pairs, verification_metrics
 
 
 def unit(rows: list[list[float]]) -> np.ndarray:

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model.backbones import build_backbone
-from model.network import EmbeddingHead, ModelConfig, SiameseNetwork
-from model.presets import EvalPreset
+from model.core.backbones import build_backbone
+from model.core.network import EmbeddingHead, ModelConfig, SiameseNetwork
+from model.core.presets import EvalPreset
 
 
 def test_embed_gives_unit_vectors_and_forward_embeds_pairs(tiny_model: SiameseNetwork) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.data import scan_gallery
-from model.stanford_dogs import download, layout_splits, md5sum, read_list
+from model.data.galleries import scan_gallery
+from model.data.stanford_dogs import download, layout_splits, md5sum, read_list
 
 BREEDS = ("n02085620-Chihuahua", "n02111889-Samoyed")
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from app.cli import main
-from model.checkpoint import load_checkpoint
-from model.embedder import Embedder
-from model.images import load_image
+from model.core.checkpoint import load_checkpoint
+from model.core.images import load_image
+from model.inference.embedder import Embedder
 
 TINY = [
     "--backbone",
@@ -93,6 +93,17 @@ def test_training_lowers_the_loss_and_resume_continues(synthetic_gallery: Path, 
     assert len(losses) == 12 and np.mean(losses[-4:]) < np.mean(losses[:4])
 
 
+def test_triplet_loss_trains_through_the_registry(synthetic_gallery: Path, tmp_path: Path) -> None:
+    run = tmp_path / "triplet"
+    options = ["--loss", "triplet", "--steps-per-epoch", "4", "--epochs", "3", "--lr", "3e-3", "--patience", "10"]
+    assert main(train_argv(synthetic_gallery, run, *TINY, *options)) == 0
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["train_args"]["loss"] == "triplet" and last["train_args"]["margin"] is None  # its own, 0.2
+    losses = last["history"]["train_loss"]
+    assert len(losses) == 12 and all(0 < x < 2.2 for x in losses)  # a violation is at most 2 + the margin
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+
+
 def test_article_pair_sampler_trains(synthetic_gallery: Path, tmp_path: Path) -> None:
     options = ["--sampler", "article", "--pairs-per-class", "4", "--batch-size", "8", "--max-steps", "2"]
     assert main(train_argv(synthetic_gallery, tmp_path / "r", *TINY, *options)) == 0
@@ -105,7 +116,7 @@ def test_frozen_mode_trains_the_head_only_on_cached_features(synthetic_gallery: 
     assert main(train_argv(synthetic_gallery, run, *options)) == 0
     assert list((run / "cache").glob("features-*.pt"))
     trained = load_checkpoint(run / "best.pt").model
-    from model.backbones import build_backbone
+    from model.core.backbones import build_backbone
 
     pretrained = build_backbone("efficientnet-lite0", pretrained=True).state_dict()
     for key, value in trained.backbone.state_dict().items():
@@ -119,6 +130,8 @@ def test_frozen_mode_trains_the_head_only_on_cached_features(synthetic_gallery: 
         (["--mode", "frozen", "--backbone", "seed-cnn"], "seed-cnn trains from scratch"),
         (["--max-steps", "0"], "--max-steps must be at least 1"),
         (["--open-classes", "unicorns"], "not in the gallery"),
+        (["--margin", "0"], "--margin must be positive"),
+        (["--loss", "triplet", "--sampler", "article"], "pairs share no anchor: use --sampler class-balanced"),
         (
             ["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"],
             "CUDA is not available|Unknown device",
@@ -147,7 +160,7 @@ def test_ddp_with_two_cpu_processes(synthetic_gallery: Path, tmp_path: Path) -> 
         "--nproc_per_node",
         "2",
         "-m",
-        "model.train",
+        "model.training.train",
         "--data",
         str(synthetic_gallery),
         "--out",
@@ -171,7 +184,7 @@ def test_finetune_mode_trains_a_pretrained_backbone(synthetic_gallery: Path, tmp
     run = tmp_path / "finetune"
     options = ["--mode", "finetune", *SMALL, "--no-progress", "--max-steps", "2", "--lr", "1e-2"]
     assert main(train_argv(synthetic_gallery, run, *options)) == 0
-    from model.backbones import build_backbone
+    from model.core.backbones import build_backbone
 
     trained = load_checkpoint(run / "best.pt").model.backbone.state_dict()
     pretrained = build_backbone("efficientnet-lite0", pretrained=True).state_dict()

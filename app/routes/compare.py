@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, File, UploadFile
 
 from app.deps import ReadAccess, ServiceDep, read_upload
 from app.errors import ServiceError
 from app.schemas import CompareResponse, error_responses
+from model.inference.compare import compare as compare_embeddings
 
 router = APIRouter(prefix="/v1", tags=["compare"], dependencies=[ReadAccess])
 
@@ -29,14 +29,6 @@ async def compare(
     if len(images) != 2:
         raise ServiceError(422, "wrong_image_count", f"Send exactly two images; got {len(images)}.")
     uploads = [await read_upload(f, f"images[{i}]", service.settings.max_upload_bytes) for i, f in enumerate(images)]
-    a, b = (await service.embed(uploads)).astype(np.float64)
-    distance = float(np.linalg.norm(a - b))
-    cosine = float(np.clip(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12), -1.0, 1.0))
-    threshold = float(service.embedder.checkpoint.threshold)
-    return CompareResponse(
-        dissimilarity=distance,
-        similarity=cosine,
-        same=distance < threshold,
-        threshold=threshold,
-        model=service.model_info,
-    )
+    a, b = await service.embed(uploads)
+    comparison = compare_embeddings(a, b, service.embedder.checkpoint)  # the verdict `imgsim compare` gives
+    return CompareResponse(**comparison.to_dict(), model=service.model_info)

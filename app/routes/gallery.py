@@ -5,17 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 from fastapi.responses import JSONResponse
 
-from app.deps import ReadAccess, ServiceDep, WriteAccess, read_upload
+from app.deps import FormRules, ItemId, ReadAccess, ServiceDep, WriteAccess, read_upload
 from app.errors import ServiceError, not_found
 from app.gallery_ops import add_item, remove_item, render_image, to_item
 from app.schemas import AddItemResponse, DeleteResponse, GalleryItem, GalleryPage, error_responses
 
 router = APIRouter(prefix="/v1/gallery", tags=["gallery"])
 
-ItemId = Annotated[int, Path(ge=0, le=2**62)]
 
 
 @router.get(
@@ -78,7 +77,7 @@ async def get_image(
     "",
     response_model=AddItemResponse,
     status_code=201,
-    dependencies=[WriteAccess],
+    dependencies=[WriteAccess, Depends(FormRules(files={"image": 1}))],
     responses={
         200: {"model": AddItemResponse, "description": "the image was already in the gallery"},
         **error_responses(401, 403, 409, 413, 415, 422, 503),
@@ -95,9 +94,9 @@ async def add(
     if not label or not label.isprintable():
         raise ServiceError(422, "invalid_label", "The label must be non-empty printable text.")
     upload = await read_upload(image, "image", service.settings.max_upload_bytes)
-    decoded = await to_thread.run_sync(service.decode, upload, service.settings.media_max_side)
-    vector = await service.embed([upload])  # decoded as search and index build decode: the same vector
-    record, created, version = await to_thread.run_sync(add_item, service, upload.data, decoded, label, vector[0])
+    # Admitted and decoded within the memory budget like a search; the vector is the one search would compute.
+    stored, vector = await service.embed_for_gallery(upload)
+    record, created, version = await to_thread.run_sync(add_item, service, upload.data, stored, label, vector)
     body = AddItemResponse(**to_item(record).model_dump(), created=created, index_version=version)
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
 

@@ -1,11 +1,11 @@
-"""Liveness, readiness and metrics: open, cheap, and never behind the queue."""
+"""Liveness, readiness and metrics: cheap and never behind the queue; liveness and readiness always open."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import RuntimeDep
+from app.deps import MetricsAccess, RuntimeDep
 from app.errors import ServiceError
 from app.schemas import Health, Ready, error_responses
 
@@ -35,8 +35,9 @@ async def readyz(runtime: RuntimeDep) -> Ready:
 @router.get(
     "/metrics",
     response_class=Response,
-    summary="Prometheus metrics",
-    responses={200: {"content": {"text/plain": {}}}},
+    dependencies=[MetricsAccess],
+    summary="Prometheus metrics (a read key when keys are set, unless IMGSIM_METRICS_PUBLIC)",
+    responses={200: {"content": {"text/plain": {}}}, **error_responses(401)},
 )
 async def metrics(runtime: RuntimeDep) -> Response:
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
-from app.deps import ReadAccess, ServiceDep, read_upload
+from app.deps import FormRules, ItemId, ReadAccess, ServiceDep, read_upload
 from app.errors import ServiceError, not_found
 from app.schemas import BatchSearchResponse, SearchResponse, error_responses
 from app.service import elapsed_ms
@@ -17,12 +17,12 @@ router = APIRouter(prefix="/v1", tags=["search"], dependencies=[ReadAccess])
 
 KForm = Annotated[int, Form(ge=1, le=MAX_K, description="number of results")]
 LabelForm = Annotated[str | None, Form(max_length=200, description="only items with this label")]
-ItemId = Annotated[int, Path(ge=0, le=2**62)]
 
 
 @router.post(
     "/search",
     response_model=SearchResponse,
+    dependencies=[Depends(FormRules(files={"image": 1}, integers=("k",)))],
     responses=error_responses(401, 413, 415, 422, 503),
     summary="Find the gallery items nearest to a photo",
 )
@@ -42,6 +42,7 @@ async def search(
 @router.post(
     "/search/batch",
     response_model=BatchSearchResponse,
+    dependencies=[Depends(FormRules(integers=("k",)))],
     responses=error_responses(401, 413, 415, 422, 503),
     summary="Search with several photos at once",
 )

@@ -4,7 +4,6 @@ and a TestClient that runs the lifespan and waits until the service is ready."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import socket
 import threading
@@ -20,10 +19,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from app.serve_cli import uvicorn_config
 from app.settings import Settings
 from index import GalleryIndex, NewItem
-from model.embedder import Embedder
-from model.images import load_image
+from model.core.images import load_image
+from model.inference.embedder import Embedder
 
 
 def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -35,9 +35,7 @@ def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
 @pytest.fixture
 def embedder(tiny_checkpoint: Path) -> Embedder:
     # The reference PyTorch path: what the service runs with IMGSIM_ENGINE=torch (the tests' setting).
-    if "engine" in inspect.signature(Embedder).parameters:
-        return Embedder(tiny_checkpoint, device="cpu", engine="torch")
-    return Embedder(tiny_checkpoint, device="cpu")
+    return Embedder(tiny_checkpoint, device="cpu", engine="torch")
 
 
 @pytest.fixture
@@ -127,11 +125,13 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(settings: Settings) -> Iterator[str]:
-    """The app under a real uvicorn in a thread, on a free loopback port; yields its base URL."""
+    """The app under a real uvicorn in a thread, configured as ``imgsim serve`` does (the HTTP edge limits of
+    app.http_guard included), on a free loopback port; yields its base URL."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.batching import BatcherClosedError, DynamicBatcher, QueueFullError
 from app.settings import Settings
-from model.embedder import Embedder
+from model.inference.embedder import Embedder
 from tests.app.conftest import ground_truth, png_bytes, running
 from tests.conftest import draw_shape
 

@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute
 import app.service
 from app.main import create_app
 from app.settings import Settings
-from model.embedder import Embedder
+from model.inference.embedder import Embedder
 from tests.app.conftest import ground_truth, png_bytes
 from tests.conftest import draw_shape
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.settings import Settings
-from model.images import ImageError, load_image
+from model.core.images import ImageError, load_image
 from tests.app.conftest import png_bytes, running
 from tests.conftest import draw_shape
 
@@ -116,6 +116,17 @@ def test_request_shape_errors(client: TestClient) -> None:
         422,
         {"code": "invalid_label", "detail": "The label must be non-empty printable text."},
     )
+    assert post("/v1/search", files={"image": ("a", GOOD)}, data={"k": ""}) == (
+        422,
+        {"code": "invalid_request", "detail": "k: Input should be a valid integer, not empty"},
+    )
+    assert post("/v1/search/batch", files={"images": ("a", GOOD)}, data={"k": ""})[0] == 422
+    assert post("/v1/search", files=[("image", ("a", GOOD)), ("image", ("b", GOOD_JPEG))]) == (
+        422,
+        {"code": "wrong_image_count", "detail": "Send exactly 1 image in 'image'; got 2."},
+    )
+    two = [("image", ("a", GOOD)), ("image", ("b", GOOD_JPEG))]
+    assert post("/v1/gallery", files=two, data={"label": "x"})[1]["code"] == "wrong_image_count"
     r = client.post("/v1/search", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"})
     assert r.status_code == 400 and r.json()["code"] == "bad_request"
     assert client.get("/nope").json() == {"code": "not_found", "detail": "Not Found"}

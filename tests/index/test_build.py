@@ -11,8 +11,8 @@ from PIL import Image
 
 from app.cli import main
 from index import GalleryIndex, add_files, build_gallery_index, update_gallery_index
-from model.checkpoint import load_checkpoint
-from model.embedder import Embedder
+from model.core.checkpoint import load_checkpoint
+from model.inference.embedder import Embedder
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_cli_search_refuses_other_model(
     other = load_checkpoint(tiny_checkpoint)
     for p in other.model.parameters():
         p.data.add_(0.01)
-    from model.checkpoint import save_checkpoint
+    from model.core.checkpoint import save_checkpoint
 
     save_checkpoint(other, tmp_path / "other.pt")
     query = str(synthetic_gallery / "red_circles" / "red_circles_001.png")

@@ -1,0 +1,107 @@
+"""The options of ``imgsim train``, and their checks (invalid options fail loudly, before any work)."""
+
+from __future__ import annotations
+
+import argparse
+
+from model.core.network import HEADS
+from model.data.sampling import SAMPLERS
+from model.training.losses import LOSSES
+
+MODES = ("frozen", "finetune")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train the Siamese embedder with a metric-learning loss (by default the article's contrastive).",
+        add_help=add_help,
+    )
+    p.add_argument("--data", required=True, help="folder-per-class gallery to train on")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, loss.png, metrics.json")
+    p.add_argument("--backbone", default="efficientnet-lite0", help="efficientnet-lite0, resnet18, resnet50, seed-cnn")
+    p.add_argument("--embedding-dim", type=int, default=256)
+    p.add_argument("--head", default="anchored", choices=HEADS)
+    p.add_argument("--loss", default="contrastive", choices=LOSSES, help="contrastive (the article's) or triplet")
+    p.add_argument("--hidden-dim", type=int, default=1024)
+    p.add_argument(
+        "--learned-weight",
+        type=float,
+        default=0.3,
+        help="anchored head: share of the similarity given to the learnt half (0 = frozen backbone only)",
+    )
+    p.add_argument("--learned-dim", type=int, default=None, help="anchored head: dims of the learnt half (dim/8)")
+    p.add_argument(
+        "--class-weight",
+        type=float,
+        default=0.5,
+        help="anchored head: share of the frozen anchor given to the backbone's ImageNet class probabilities",
+    )
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (seed-cnn always is)")
+    p.add_argument("--mode", default="frozen", choices=MODES)
+    p.add_argument("--sampler", default="class-balanced", choices=SAMPLERS)
+    p.add_argument("--m-per-class", type=int, default=8, help="class-balanced: images of each class per batch")
+    p.add_argument("--classes-per-batch", type=int, default=16, help="class-balanced: classes per batch")
+    p.add_argument("--pairs-per-class", type=int, default=200, help="article: similar and dissimilar pairs per class")
+    p.add_argument("--batch-size", type=int, default=64, help="article: pairs per batch")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="the loss's margin on unit-length embeddings (default: contrastive 1.0, triplet 0.2)",
+    )
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        help="weight of a term keeping the batch's similarities close to the frozen backbone's (for the residual "
+        "and mlp heads; the anchored head keeps the backbone's geometry by construction)",
+    )
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--backbone-lr-scale", type=float, default=0.1, help="finetune: backbone lr = lr × this")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps with a linear warm-up")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="closed set: share of each class held out")
+    p.add_argument("--open-classes", default="", help="comma-separated classes held out whole (open set)")
+    p.add_argument("--num-open-classes", type=int, default=0, help="or: this many classes drawn with --seed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
+    p.add_argument("--cache-dir", default=None, help="where frozen-mode features are cached (default RUN_DIR/cache)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.mode == "frozen" and args.backbone == "seed-cnn":
+        raise ValueError(
+            "--mode frozen needs a pretrained backbone; seed-cnn trains from scratch: use --mode finetune."
+        )
+    for name in (
+        "epochs",
+        "m_per_class",
+        "classes_per_batch",
+        "pairs_per_class",
+        "batch_size",
+        "embedding_dim",
+    ):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be at least 1, got {args.max_steps}.")
+    if not 0.0 <= args.learned_weight <= 1.0:
+        raise ValueError(f"--learned-weight must be in [0, 1], got {args.learned_weight}.")
+    if args.margin is not None and args.margin <= 0:
+        raise ValueError(f"--margin must be positive, got {args.margin}.")
+    if LOSSES[args.loss].takes == "triplets" and args.sampler == "article":
+        raise ValueError(
+            f"--loss {args.loss} needs triplets, and the article's pairs share no anchor: use --sampler class-balanced."
+        )
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}.")
