@@ -12,7 +12,6 @@ search of a small gallery does, because it takes less time than the thread hop.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from app.media import shrink
 from app.prometheus import Metrics
 from app.schemas import ModelInfo, SearchHit
 from app.settings import Settings
-from index import GalleryIndex, Hit
+from index import CompactionPolicy, GalleryIndex, Hit
 from index.gallery import recorded_precision
 from model.core.device import resolve_device
 from model.core.images import ImageError, load_image
@@ -73,8 +72,11 @@ def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
     other numerics (int8 vs float), is refused."""
     ckpt = embedder.checkpoint
     index_dir = Path(settings.index)
+    policy = CompactionPolicy(max_changes=settings.compact_max_changes, max_age_s=settings.compact_max_age_s)
     if (index_dir / "CURRENT").is_file():
-        return GalleryIndex.open(index_dir, model_hash=ckpt.hash, dim=embedder.dim, precision=embedder.precision)
+        return GalleryIndex.open(
+            index_dir, model_hash=ckpt.hash, dim=embedder.dim, precision=embedder.precision, policy=policy
+        )
     log.info("no gallery at %s: creating an empty one", index_dir)
     return GalleryIndex.create(
         index_dir,
@@ -82,6 +84,7 @@ def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
         backbone=ckpt.config.backbone,
         dim=embedder.dim,
         precision=embedder.precision,
+        policy=policy,
     )
 
 
@@ -99,7 +102,6 @@ class Service:
     metrics: Metrics
     batcher: DynamicBatcher[Item, Outcome] = field(init=False)
     budget: MemoryBudget = field(init=False)
-    write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         s = self.settings

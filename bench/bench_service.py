@@ -116,7 +116,8 @@ def build(
         p = gallery[i]
         items.append(NewItem(str(p.relative_to(DOGS)), p.parent.name, f"{i:064x}", 0, 0))
     gi.add(result.embeddings, items)
-    gi.save()
+    gi.compact()
+    gi.close()
     return ckpt_path, index_dir, embedder
 
 

@@ -130,14 +130,24 @@ def test_galleries_record_the_precision_and_refuse_other_numerics(
     with pytest.raises(IndexMismatchError, match="holds fp32 embeddings"):
         GalleryIndex.open(index_dir, precision="int8")
     GalleryIndex.open(index_dir, precision="fp16")  # float numerics agree: accepted
-    # A gallery saved again keeps its precision.
-    gi.remove([0])
-    gi.save()
-    assert GalleryIndex.open(int8_dir).precision == "int8"
+    # A change goes through the log, and the compaction that folds it into a new base keeps the precision.
+    base, count = gi.base_version, gi.count
+    assert gi.remove([0]) == [0]
+    assert gi.compact() > base
+    gi.close()
+    assert recorded_precision(int8_dir) == "int8"
+    with pytest.raises(IndexMismatchError, match="holds int8 embeddings"):
+        GalleryIndex.open(int8_dir, precision="fp32")
     # The service: precision auto follows the gallery; an explicit other one is refused at startup.
     settings = Settings(checkpoint=tiny_checkpoint, index=int8_dir, device="cpu", _env_file=None)  # type: ignore[call-arg]
     embedder = load_embedder(settings)
-    assert embedder.precision == "int8" and open_index(settings, embedder).count == 47
+    served = open_index(settings, embedder)
+    assert embedder.precision == "int8" and served.count == count - 1 and served.precision == "int8"
+    served.close()
     fp32 = load_embedder(settings.model_copy(update={"precision": "fp32"}))
     with pytest.raises(IndexMismatchError, match="Embed with precision int8"):
         open_index(settings, fp32)
+    # A gallery the service creates records the serving embedder's precision.
+    fresh = settings.model_copy(update={"index": tmp_path / "fresh"})
+    open_index(fresh, fp32).close()
+    assert recorded_precision(tmp_path / "fresh") == "fp32"
