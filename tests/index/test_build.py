@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -114,7 +115,9 @@ def test_cli_commands(
     assert main(["index", "update", "--index", idx, "--workers", "0"]) == 0  # the removed two come back
     assert "2 added" in capsys.readouterr().out
     assert main(["index", "info", "--index", idx]) == 0
-    assert '"count": 49' in capsys.readouterr().out
+    assert "count          49" in capsys.readouterr().out.splitlines()
+    assert main(["index", "info", "--index", idx, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 49
     assert main(["index", "info", "--index", str(tmp_path / "none")]) == 2
     assert "No index at" in capsys.readouterr().err
 
