@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app import locations
+from app.request_id import RequestIdFilter
 from app.settings import Settings
 
 # A source an option can fall back to: the Settings field its flag sets, and how the value is read.
@@ -100,8 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s%(request_suffix)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())  # " [request id]" on what is logged while a request runs
     try:
         settings_from_args(args)
         check_inputs(args)

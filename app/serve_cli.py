@@ -7,6 +7,7 @@ notice) uvicorn stops accepting, lets in-flight requests finish, runs the lifesp
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import threading
 from pathlib import Path
@@ -43,6 +44,15 @@ class DrainingServer(uvicorn.Server):
         timer.start()
 
 
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging with the request id on each access line (``app.request_id``)."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["filters"] = {"request_id": {"()": "app.request_id.RequestIdFilter"}}
+    config["loggers"]["uvicorn.access"]["filters"] = ["request_id"]
+    config["formatters"]["access"]["fmt"] += " request_id=%(request_id)s"
+    return config
+
+
 def uvicorn_config(app: Any, settings: Settings, log_level: str = "info") -> uvicorn.Config:
     """How ``imgsim serve`` runs ``app``: httptools with the edge limits of ``app.http_guard``."""
     limits = EdgeLimits(
@@ -59,6 +69,7 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str = "info") -> uvi
         http=guarded_protocol(limits),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         log_level=log_level,
+        log_config=log_config(),
         access_log=settings.access_log,
         timeout_graceful_shutdown=30,
         proxy_headers=False,

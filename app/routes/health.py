@@ -7,7 +7,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import MetricsAccess, RuntimeDep
 from app.errors import ServiceError
-from app.schemas import Health, Ready, error_responses
+from app.problems import error_responses
+from app.schemas import Health, Ready
 
 router = APIRouter(tags=["health"])
 
