@@ -11,6 +11,7 @@ from typing import Any
 from index.build import BuildReport, UpdateReport, add_files, build_gallery_index, make_embedder, update_gallery_index
 from index.errors import IndexMismatchError
 from index.gallery import GalleryIndex
+from index.rebuild import rebuild_gallery_index
 
 INDEX_HELP = "gallery index folder (IMGSIM_INDEX; default indexes/default)"
 CHECKPOINT_HELP = "trained checkpoint (IMGSIM_CHECKPOINT; default: the one the index records)"
@@ -37,6 +38,11 @@ def register(subparsers: Any) -> None:
         "--index", "--out", help="index folder to create (IMGSIM_INDEX; default indexes/default; --out: old)"
     )
     p.add_argument("--factory", default=None, help="FAISS factory string (default: chosen from the size)")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="the index exists: build a new one beside it (uploads carried over, new ids), then swap it in",
+    )
     _embedding_options(p)
     p.set_defaults(
         func=cmd_build,
@@ -62,6 +68,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--index", help=INDEX_HELP)
     p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--data", "--gallery", help="folder-per-class photos (default: the folder the index was built from)")
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="embed everything again (needed when --checkpoint is another model than the index's): a new index "
+        "is built beside the old one, uploads carried over, then swapped in",
+    )
     _embedding_options(p)
     p.set_defaults(func=cmd_update, from_settings=FROM_SETTINGS, input_files=("index", "data", "checkpoint"))
 
@@ -105,7 +117,8 @@ def _recorded_checkpoint(index_dir: str, given: str | None) -> str:
 def cmd_build(args: argparse.Namespace) -> int:
     if args.data is None:
         raise ValueError("Which photos? Pass --data (or set IMGSIM_DATA_DIR): one subfolder of images per class.")
-    report = build_gallery_index(
+    build = rebuild_gallery_index if args.replace else build_gallery_index
+    report = build(
         args.checkpoint,
         args.data,
         args.index,
@@ -153,14 +166,18 @@ def cmd_update(args: argparse.Namespace) -> int:
     gallery = args.data or GalleryIndex.open(args.index).gallery_root
     if gallery is None:
         raise ValueError(f"{args.index} records no gallery folder; pass --data.")
-    report = update_gallery_index(
-        _recorded_checkpoint(args.index, args.checkpoint),
-        gallery,
-        args.index,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-    )
+    checkpoint = _recorded_checkpoint(args.index, args.checkpoint)
+    options = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
+    if args.rebuild:
+        report: BuildReport | UpdateReport = rebuild_gallery_index(checkpoint, gallery, args.index, **options)
+    else:
+        try:
+            report = update_gallery_index(checkpoint, gallery, args.index, **options)
+        except IndexMismatchError as exc:
+            raise IndexMismatchError(
+                f"{args.index} holds another model's vectors, which cannot be mixed with {checkpoint}'s. "
+                "Add --rebuild to embed everything again with it."
+            ) from exc
     _print_report(report, args.json)
     return 0
 
