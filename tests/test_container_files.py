@@ -318,6 +318,6 @@ def docs_commands() -> list[list[str]]:
 def test_every_command_in_the_deploy_guide_is_a_real_imgsim_command() -> None:
     commands = docs_commands()
     subcommands = {c[1] for c in commands}
-    assert {"up", "data", "train", "index", "serve"} <= subcommands
+    assert {"up", "train", "index", "serve"} <= subcommands
     for command in commands:
         parses_as_imgsim(command)

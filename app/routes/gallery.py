@@ -69,7 +69,10 @@ def _matches(if_none_match: str | None, tag: str) -> bool:
     dependencies=[ReadAccess],
     response_class=Response,
     responses={
-        200: {"content": {"image/jpeg": {}}, "description": "re-encoded JPEG, with an ETag"},
+        200: {
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "re-encoded JPEG, with an ETag",
+        },
         304: {"description": "not modified: the ETag sent in If-None-Match is still the image's"},
         **error_responses(401, 404, 422, 503),
     },
