@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.auth import ApiKeyMiddleware
 from app.deps import Runtime
-from app.errors import UnhandledErrorMiddleware, install_error_handlers
+from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.problems import install_openapi
 from app.prometheus import MetricsMiddleware
@@ -102,9 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs/assets", StaticFiles(directory=str(SWAGGER_UI_DIR)), name="docs-assets")
-    # Outermost last: the request id is on every answer and log line; metrics see every answer; CORS answers
+    # Outermost last: the request id is on every answer and log line (and an unhandled error becomes a 500 problem
+    # there); metrics see every answer; CORS answers
     # preflights (which carry no key) and labels refusals; keys are checked before the body cap and any body.
-    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=body_cap)
     app.add_middleware(ApiKeyMiddleware, settings=settings)
     if settings.cors_origins:  # off by default: only the origins named may call the API from a browser

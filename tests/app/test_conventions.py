@@ -93,11 +93,11 @@ def test_request_id_is_read_or_made_echoed_and_logged(settings: Settings, caplog
         r = client.get("/v1/gallery/999999", headers={"X-Request-ID": "err-1"})  # errors carry it too
         assert (r.status_code, r.headers["x-request-id"]) == (404, "err-1")
         caplog.handler.addFilter(RequestIdFilter())  # as `imgsim` puts it on its handlers
-        with caplog.at_level(logging.ERROR, logger="app.errors"):
+        with caplog.at_level(logging.ERROR, logger="app.request_id"):
             client.app.state.runtime.service.index = None  # type: ignore[attr-defined]  # make the next one fail
             r = client.get("/v1/gallery", headers={"X-Request-ID": "boom-7"})
         assert r.status_code == 500 and r.headers["x-request-id"] == "boom-7"
-        assert [rec.request_id for rec in caplog.records if rec.name == "app.errors"] == ["boom-7"]  # type: ignore[attr-defined]
+        assert [rec.request_id for rec in caplog.records if rec.name == "app.request_id"] == ["boom-7"]  # type: ignore[attr-defined]
 
 
 def test_access_log_lines_carry_the_request_id(settings: Settings) -> None:
