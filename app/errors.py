@@ -44,11 +44,19 @@ HTTP_CODES = {
 
 
 class ServiceError(Exception):
-    """An error the caller can act on: a status, a stable ``code`` and a human ``detail``."""
+    """An error the caller can act on: a status, a stable ``code``, a human ``detail``, and optionally more
+    members of the problem document (``extra``, e.g. the existing item of a conflict)."""
 
-    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(detail)
-        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+        self.status, self.code, self.detail, self.headers, self.extra = status, code, detail, headers, extra
 
 
 def not_found(item_id: int) -> ServiceError:
@@ -67,21 +75,27 @@ def too_large(limit: int) -> ServiceError:
 PROBLEM_JSON = "application/problem+json"
 
 
-def error_body(status: int, code: str, detail: str) -> dict[str, str | int]:
+def error_body(status: int, code: str, detail: str, extra: dict[str, object] | None = None) -> dict[str, object]:
     """The problem document (RFC 9457) of an error answer; ``code`` is the extension member to branch on."""
     try:
         title = HTTPStatus(status).phrase
     except ValueError:
         title = "Error"
-    return {"type": "about:blank", "title": title, "status": status, "code": code, "detail": detail}
+    return {"type": "about:blank", "title": title, "status": status, "code": code, "detail": detail, **(extra or {})}
 
 
 class ProblemResponse(JSONResponse):
     media_type = PROBLEM_JSON
 
 
-def problem(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> ProblemResponse:
-    return ProblemResponse(error_body(status, code, detail), status_code=status, headers=headers)
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    extra: dict[str, object] | None = None,
+) -> ProblemResponse:
+    return ProblemResponse(error_body(status, code, detail, extra), status_code=status, headers=headers)
 
 
 async def send_error(
@@ -109,7 +123,7 @@ def _validation_detail(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
-        return problem(exc.status, exc.code, exc.detail, exc.headers)
+        return problem(exc.status, exc.code, exc.detail, exc.headers, exc.extra)
 
     @app.exception_handler(ImageError)
     async def _image(request: Request, exc: ImageError) -> JSONResponse:

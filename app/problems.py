@@ -10,6 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import PROBLEM_JSON
+from app.schemas import GalleryItem
 
 
 class Problem(BaseModel):
@@ -31,6 +32,9 @@ class Problem(BaseModel):
     status: int = Field(description="the HTTP status code")
     code: str = Field(description="stable, machine-readable error code: branch on this")
     detail: str = Field(description="what went wrong, for people")
+    existing: GalleryItem | None = Field(
+        default=None, description="label_conflict: the item already holding this image, with its label"
+    )
 
 
 ERROR_DESCRIPTIONS = {
@@ -38,8 +42,8 @@ ERROR_DESCRIPTIONS = {
     401: "missing or unknown API key (X-API-Key or Authorization: Bearer)",
     403: "the key may not do this (read key on a write route)",
     404: "no such gallery item (item_not_found, image_not_found)",
-    409: "the same image is already in the gallery under another label (label_conflict), or another process "
-    "changed the gallery (index_conflict)",
+    409: "the same image is already in the gallery under another label (label_conflict: `existing` is that item; "
+    "relabel it or delete it first), or another process changed the gallery (index_conflict)",
     413: "upload or body larger than the cap",
     415: "not a supported image format (the bytes are sniffed)",
     422: "invalid request (invalid_request, invalid_label, wrong_image_count, ...) or unusable image (empty_image, "

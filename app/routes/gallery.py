@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 from anyio import to_thread
@@ -13,6 +14,7 @@ from app.errors import ServiceError, not_found
 from app.gallery_ops import add_item, remove_item, render_image, to_item
 from app.problems import error_responses
 from app.schemas import AddItemResponse, DeleteResponse, GalleryItem, GalleryPage
+from app.service import Service
 
 router = APIRouter(prefix="/v1/gallery", tags=["gallery"])
 
@@ -113,16 +115,32 @@ async def add(
     image: Annotated[UploadFile, File(description="the image to add")],
     label: Annotated[str, Form(min_length=1, max_length=200, description="its class, e.g. the breed")],
 ) -> JSONResponse:
-    """The change is saved durably before the response; the stored image is a re-encoded copy."""
+    """The change is saved durably before the response; the stored image is a re-encoded copy. The same image
+    (by sha256) again with the same label is answered 200 with the item it already is; with another label 409
+    ``label_conflict``, with that item as ``existing``: an image has one label, changed by relabelling."""
     label = label.strip()
     if not label or not label.isprintable():
         raise ServiceError(422, "invalid_label", "The label must be non-empty printable text.")
     upload = await read_upload(image, "image", service.settings.max_upload_bytes)
+    _refuse_a_second_label(service, upload.data, label)
     # Admitted and decoded within the memory budget like a search; the vector is the one search would compute.
     stored, vector = await service.embed_for_gallery(upload)
     record, created, version = await to_thread.run_sync(add_item, service, upload.data, stored, label, vector)
     body = AddItemResponse(**to_item(record).model_dump(), created=created, index_version=version)
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
+
+
+def _refuse_a_second_label(service: Service, data: bytes, label: str) -> None:
+    known = service.index.id_for_sha(hashlib.sha256(data).hexdigest())
+    record = service.index.get(known) if known is not None else None
+    if record is not None and record.label != label:
+        raise ServiceError(
+            409,
+            "label_conflict",
+            f"This image is already item {record.id}, labelled {record.label!r}; relabel or delete that item "
+            f"instead of adding it again as {label!r}.",
+            extra={"existing": to_item(record).model_dump(mode="json")},
+        )
 
 
 @router.delete(

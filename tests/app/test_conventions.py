@@ -208,3 +208,22 @@ def test_favicon_and_offline_docs_assets(client: TestClient) -> None:
     assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
     assert client.get("/docs/assets/swagger-ui.css").status_code == 200
     assert client.get("/redoc").status_code == 404  # not offered: it would need a CDN
+
+
+def test_the_same_image_with_another_label_is_a_conflict_not_silence(
+    client: TestClient, gallery_files: list[Path]
+) -> None:
+    photo = gallery_files[7]  # in the gallery already, under its folder's label
+    data = photo.read_bytes()
+    same = client.post("/v1/gallery", files={"image": ("a.png", data)}, data={"label": photo.parent.name})
+    assert same.status_code == 200 and same.json()["created"] is False and same.json()["label"] == photo.parent.name
+    r = client.post("/v1/gallery", files={"image": ("a.png", data)}, data={"label": "poodle"})
+    body = r.json()
+    assert (r.status_code, r.headers["content-type"], body["code"]) == (
+        409,
+        "application/problem+json",
+        "label_conflict",
+    )
+    assert body["existing"]["label"] == photo.parent.name and body["existing"]["sha256"] == same.json()["sha256"]
+    assert client.get(f"/v1/gallery/{body['existing']['id']}").json()["label"] == photo.parent.name  # unchanged
+    assert client.get("/v1/gallery", params={"label": "poodle"}).json()["total"] == 0
