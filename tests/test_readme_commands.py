@@ -193,9 +193,17 @@ def stop(server: subprocess.Popen[str]) -> None:
             server.wait()
 
 
+# What the docs' commands write outside the checkout (they name these paths), removed after the test.
+LEFT_IN_TMP = ("imgsim-eval", "imgsim-eval.json", "imgsim-embedding.json", "imgsim-openapi.json",
+               "imgsim-openapi.yaml", "imgsim-api-client")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield make_world(tmp_path_factory.mktemp("after-make-run"))
+    for name in LEFT_IN_TMP:
+        path = Path("/tmp") / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def run_document(shell: Shell, path: Path) -> dict[str, list[tuple[str, str]]]:
