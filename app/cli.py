@@ -22,13 +22,13 @@ from app import locations
 from app.request_id import RequestIdFilter
 from app.settings import Settings
 
-# A source an option can fall back to: the Settings field its flag sets, and how the value is read.
+# A source an option can fall back to: the Settings field its flag sets, and how the value is read. Any other
+# name is a Settings field, read as it is.
 Source = tuple[str, Callable[[Settings], Any]]
 SOURCES: dict[str, Source] = {
     "checkpoint": ("checkpoint", locations.model_checkpoint),
     "trained_checkpoint": ("checkpoint", locations.trained_checkpoint),
     "photos": ("data_dir", locations.photo_folder),
-    "download_dir": ("download_dir", lambda s: s.download_dir),
 }
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,8 @@ def test_another_model_rebuilds_with_the_uploads(
     assert GalleryIndex.open(idx).model_hash == load_checkpoint(tiny_checkpoint).hash  # untouched
 
     assert main(["index", "update", *base, "--rebuild", "--json"]) == 0
-    capsys.readouterr()
+    report = json.loads(capsys.readouterr().out)
+    assert (report["count"], report["index_dir"]) == (49, str(idx))  # the folder's 48 and the upload
     rebuilt = GalleryIndex.open(idx)
     assert rebuilt.model_hash == load_checkpoint(other_checkpoint).hash and rebuilt.count == 49
     [carried] = rebuilt.items(label="purple")[0]
