@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
+from index.errors import IndexConflictError, StorageError, StorageFullError
 from model.core.images import ImageError
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ HTTP_CODES = {
     422: "invalid_request",
     429: "too_many_requests",
     503: "unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -70,6 +72,19 @@ def image_error(exc: ImageError, field: str | None = None) -> ServiceError:
 
 def too_large(limit: int) -> ServiceError:
     return ServiceError(413, "payload_too_large", f"The upload is larger than the {limit:,}-byte cap.")
+
+
+def storage_failed(exc: StorageError) -> ServiceError:
+    """A change that could not be made durable (nothing of it was applied): 507 when the disk is full, else
+    503 (read-only, I/O error). Searches go on; the caller may retry once the disk is fixed."""
+    detail = exc.strerror or str(exc)
+    if isinstance(exc, StorageFullError):
+        return ServiceError(507, "storage_full", detail)
+    return ServiceError(503, "storage_unavailable", detail, {"Retry-After": "30"})
+
+
+def index_conflict(exc: IndexConflictError) -> ServiceError:
+    return ServiceError(409, "index_conflict", str(exc))
 
 
 PROBLEM_JSON = "application/problem+json"
@@ -128,6 +143,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageError)
     async def _image(request: Request, exc: ImageError) -> JSONResponse:
         err = image_error(exc)
+        return problem(err.status, err.code, err.detail)
+
+    @app.exception_handler(StorageError)
+    async def _storage(request: Request, exc: StorageError) -> JSONResponse:
+        err = storage_failed(exc)
+        log.error("%s %s: %s", request.method, request.url.path, err.detail)
+        return problem(err.status, err.code, err.detail, err.headers)
+
+    @app.exception_handler(IndexConflictError)
+    async def _conflict(request: Request, exc: IndexConflictError) -> JSONResponse:
+        err = index_conflict(exc)
         return problem(err.status, err.code, err.detail)
 
     @app.exception_handler(RequestValidationError)

@@ -1,9 +1,17 @@
-"""Gallery changes and stored images. Every change is saved (atomic snapshot) before it is acknowledged."""
+"""Gallery changes and stored images. A change is durable (in the gallery's log) before it is acknowledged.
+
+Concurrent adds and deletes run side by side and share the log's fsync (group commit): there is no
+service-wide lock, only one per content hash (striped), so that an add and a delete of the same content,
+which share the file ``media/<sha256>.jpg``, never interleave. The order makes crashes harmless: the
+image file is written before its add is logged and removed after its delete is logged, so a ``kill -9``
+can only leave a file that nothing points to, which the gallery sweeps later (index/media_gc.py).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,11 +22,17 @@ from app.errors import ServiceError, not_found
 from app.media import encode_jpeg, shrink
 from app.schemas import GalleryItem
 from app.service import Service
-from index import IndexConflictError, ItemRecord, NewItem
+from index import ItemRecord, NewItem
+from index.errors import IndexConflictError, IndexCorruptError, storage_error
 from model.core.files import write_atomic
 from model.core.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
+_CONTENT_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+def _content_lock(sha256: str) -> threading.Lock:
+    return _CONTENT_LOCKS[int(sha256[:8], 16) % len(_CONTENT_LOCKS)]
 
 
 def to_item(record: ItemRecord) -> GalleryItem:
@@ -36,39 +50,60 @@ def to_item(record: ItemRecord) -> GalleryItem:
 def add_item(
     service: Service, data: bytes, image: Image.Image, label: str, vector: np.ndarray
 ) -> tuple[ItemRecord, bool, int]:
-    """Store the re-encoded image, add its vector, save; returns (record, created, index version)."""
+    """Store the re-encoded image, add its vector durably; returns (record, created, index version)."""
     gi = service.index
     sha = hashlib.sha256(data).hexdigest()
-    stored = shrink(image, service.settings.media_max_side)
-    relative = f"media/{sha}.jpg"
-    with service.write_lock:
-        before = gi.count
-        write_atomic(Path(gi.index_dir) / relative, encode_jpeg(stored))
+    with _content_lock(sha):
+        known = gi.id_for_sha(sha)
+        record = gi.get(known) if known is not None else None
+        if record is not None:  # already there: nothing to write
+            return record, False, gi.version
+        gi.ensure_writer()  # media files are written only by the gallery's writer (the sweep relies on it)
+        stored = shrink(image, service.settings.media_max_side)
+        relative = f"media/{sha}.jpg"
+        path = Path(gi.index_dir) / relative
         try:
-            [item_id] = gi.add(vector.reshape(1, -1), [NewItem(relative, label, sha, stored.width, stored.height)])
-            created = gi.count > before
-            version = gi.save() if created else gi.version
-        except IndexConflictError as exc:
-            raise ServiceError(409, "index_conflict", str(exc)) from exc
+            write_atomic(path, encode_jpeg(stored))
+        except OSError as exc:
+            raise storage_error(exc, "the uploaded image") from exc
+        try:
+            done = gi.commit_add(vector.reshape(1, -1), [NewItem(relative, label, sha, stored.width, stored.height)])
+        except (IndexConflictError, IndexCorruptError):
+            _discard(path)
+            raise
         except ValueError as exc:  # e.g. an approximate index that needs more vectors to train
+            _discard(path)
             raise ServiceError(422, "index_rejected", str(exc)) from exc
-        record = gi.get(item_id)
+        except BaseException:  # a storage error: nothing was added, so nothing points to the file
+            _discard(path)
+            raise
+    [item_id] = done.ids
+    record = gi.get(item_id)
     if record is None:  # only if a concurrent delete won the race between add and get
         raise not_found(item_id)
-    return record, created, version
+    return record, bool(done.created), done.version
 
 
 def remove_item(service: Service, item_id: int) -> int:
     gi = service.index
-    with service.write_lock:
-        record = gi.get(item_id)
-        if record is None or not gi.remove([item_id]):
+    record = gi.get(item_id)
+    if record is None:
+        raise not_found(item_id)
+    with _content_lock(record.sha256):
+        done = gi.commit_remove([item_id])
+        if not done.ids:  # removed concurrently
             raise not_found(item_id)
-        version = gi.save()
-    if record.path.startswith("media/"):
-        # Only after the snapshot without the item is durable; media of the gallery folder is never touched.
-        (Path(gi.index_dir) / record.path).unlink(missing_ok=True)
-    return version
+        if record.path.startswith("media/"):
+            # Only after the removal is durable; media of the gallery folder is never touched.
+            _discard(Path(gi.index_dir) / record.path)
+    return done.version
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only disk: the gallery's media sweep removes it later
+        log.warning("cannot remove %s: %s", path, exc)
 
 
 def render_image(service: Service, item_id: int, size: int | None) -> bytes:

@@ -100,7 +100,8 @@ def build(workdir: Path, gallery: list[Path]) -> tuple[Path, Path, Embedder]:
         p = gallery[i]
         items.append(NewItem(str(p.relative_to(DOGS)), p.parent.name, f"{i:064x}", 0, 0))
     gi.add(result.embeddings, items)
-    gi.save()
+    gi.compact()
+    gi.close()
     return ckpt_path, index_dir, embedder
 
 

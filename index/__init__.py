@@ -1,4 +1,4 @@
-"""The gallery index: a durable, versioned FAISS index with runtime add and delete (issue 3).
+"""The gallery index: a durable, versioned FAISS gallery with runtime add, remove and relabel (issues 3, 12).
 
 The build functions import torch (through the embedder), so they load on first use: searching and
 changing an index needs only FAISS and numpy.
@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from index.errors import IndexConflictError, IndexCorruptError, IndexMismatchError
+from index.compaction import CompactionPolicy
+from index.errors import (
+    IndexConflictError,
+    IndexCorruptError,
+    IndexMismatchError,
+    StorageError,
+    StorageFullError,
+    StorageUnavailableError,
+)
 from index.factory import choose_factory
 from index.gallery import GalleryIndex
 from index.records import Hit, ItemRecord, NewItem
+from index.working import Committed
 
 if TYPE_CHECKING:
     from index.build import BuildReport, UpdateReport, add_files, build_gallery_index, update_gallery_index
@@ -29,6 +38,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BuildReport",
+    "Committed",
+    "CompactionPolicy",
     "GalleryIndex",
     "Hit",
     "IndexConflictError",
@@ -36,6 +47,9 @@ __all__ = [
     "IndexMismatchError",
     "ItemRecord",
     "NewItem",
+    "StorageError",
+    "StorageFullError",
+    "StorageUnavailableError",
     "UpdateReport",
     "add_files",
     "build_gallery_index",

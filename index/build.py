@@ -171,7 +171,7 @@ def build_gallery_index(
             f"{len(items)}. Use --factory IDMap2,Flat."
         )
     ckpt = embedder.checkpoint
-    gi = GalleryIndex.create(
+    with GalleryIndex.create(
         out_dir,
         model_hash=ckpt.hash,
         backbone=ckpt.config.backbone,
@@ -179,10 +179,11 @@ def build_gallery_index(
         gallery_root=root,
         factory=chosen,
         checkpoint=checkpoint_path(embedder),
-    )
-    gi.add(vectors, items)
-    version = gi.save()
-    report = BuildReport(out_dir, gi.count, gi.factory, time.perf_counter() - start, version, duplicates, skipped)
+    ) as gi:
+        gi.add(vectors, items)
+        version = gi.compact()  # a built gallery is one base snapshot, with an empty log
+        count, used = gi.count, gi.factory
+    report = BuildReport(out_dir, count, used, time.perf_counter() - start, version, duplicates, skipped)
     log.info("%s", report.summary())
     return report
 
@@ -197,17 +198,30 @@ def update_gallery_index(
     device: str = "auto",
     progress: bool = True,
 ) -> UpdateReport:
-    """Embed files new or changed since the last snapshot (by sha256), drop those that disappeared.
+    """Embed files new or changed since the last update (by sha256), drop those that disappeared.
 
     Uploads kept under ``media/`` and files added from outside the gallery are left alone."""
     start = time.perf_counter()
     embedder = make_embedder(checkpoint, device)
-    gi = GalleryIndex.open(index_dir, model_hash=embedder.checkpoint.hash, dim=embedder.dim)
+    with GalleryIndex.open(index_dir, model_hash=embedder.checkpoint.hash, dim=embedder.dim) as gi:
+        return _update(gi, embedder, gallery_dir, start, batch_size, num_workers, progress)
+
+
+def _update(
+    gi: GalleryIndex,
+    embedder: Embedder,
+    gallery_dir: str | Path,
+    start: float,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> UpdateReport:
     gallery = scan_gallery(gallery_dir)
     root = gallery.root.resolve()
-    if gi.gallery_root is not None and gi.gallery_root != root:
-        log.warning("gallery root moves from %s to %s", gi.gallery_root, root)
-    gi.gallery_root = root
+    if gi.gallery_root != root:
+        if gi.gallery_root is not None:
+            log.warning("gallery root moves from %s to %s", gi.gallery_root, root)
+        gi.set_gallery_root(root)
     indexed = {  # gallery files only: uploads (media/) and files added from elsewhere (absolute) stay
         r.path: r for r in gi.all_records() if not r.path.startswith("media/") and not Path(r.path).is_absolute()
     }
@@ -227,14 +241,13 @@ def update_gallery_index(
     )
     if items:
         gi.add(vectors, items)
-    version = gi.save() if gi.dirty else gi.version
     report = UpdateReport(
-        Path(index_dir),
+        gi.index_dir,
         len(items),
         len(removed),
         unchanged,
         time.perf_counter() - start,
-        version,
+        gi.version,
         duplicates,
         skipped,
     )
@@ -276,16 +289,16 @@ def add_files(
     """Embed and add files (paths under the gallery root are stored relative to it, others absolute)."""
     start = time.perf_counter()
     embedder = make_embedder(checkpoint, device)
-    gi = GalleryIndex.open(index_dir, model_hash=embedder.checkpoint.hash, dim=embedder.dim)
-    root = gi.gallery_root
+    with GalleryIndex.open(index_dir, model_hash=embedder.checkpoint.hash, dim=embedder.dim) as gi:
+        root = gi.gallery_root
 
-    def stored(p: Path) -> str:
-        return p.relative_to(root).as_posix() if root is not None and p.is_relative_to(root) else str(p)
+        def stored(p: Path) -> str:
+            return p.relative_to(root).as_posix() if root is not None and p.is_relative_to(root) else str(p)
 
-    files = [(p, stored(p), lab) for p, lab in collect_files(paths, label)]
-    vectors, items, skipped, duplicates = embed_new(
-        embedder, gi, files, batch_size=batch_size, num_workers=num_workers, progress=progress
-    )
-    ids = gi.add(vectors, items) if items else []
-    version = gi.save() if gi.dirty else gi.version
+        files = [(p, stored(p), lab) for p, lab in collect_files(paths, label)]
+        vectors, items, skipped, duplicates = embed_new(
+            embedder, gi, files, batch_size=batch_size, num_workers=num_workers, progress=progress
+        )
+        ids = gi.add(vectors, items) if items else []
+        version = gi.version
     return UpdateReport(Path(index_dir), len(ids), 0, 0, time.perf_counter() - start, version, duplicates, skipped, ids)

@@ -64,6 +64,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_remove, from_settings={"index": "index"}, input_files=("index",))
 
+    p = sub.add_parser("relabel", help="give an item a new label")
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("id", type=int, help="the item's id")
+    p.add_argument("label", help="its new label")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_relabel, from_settings={"index": "index"}, input_files=("index",))
+
+    p = sub.add_parser("compact", help="fold the log into a new base snapshot now")
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_compact, from_settings={"index": "index"}, input_files=("index",))
+
     p = sub.add_parser("update", help="embed new or changed gallery files, drop the ones gone")
     p.add_argument("--index", help=INDEX_HELP)
     p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
@@ -148,9 +160,9 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    gi = GalleryIndex.open(args.index)
-    removed = gi.remove(args.ids)
-    version = gi.save() if removed else gi.version
+    with GalleryIndex.open(args.index) as gi:
+        removed = gi.remove(args.ids)
+        version = gi.version
     unknown = sorted(set(args.ids) - set(removed))
     if args.json:
         print(json.dumps({"removed": removed, "unknown": unknown, "version": version}))
@@ -159,6 +171,32 @@ def cmd_remove(args: argparse.Namespace) -> int:
         f"removed {len(removed)} items from {args.index} (version {version})"
         + (f"; unknown ids ignored: {' '.join(map(str, unknown))}" if unknown else "")
     )
+    return 0
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    label = args.label.strip()
+    if not label or not label.isprintable():
+        raise ValueError("The label must be non-empty printable text.")
+    with GalleryIndex.open(args.index) as gi:
+        done = gi.relabel(args.id, label)
+    if not done.ids:
+        raise ValueError(f"No item with id {args.id} in {args.index}.")
+    if args.json:
+        print(json.dumps({"id": args.id, "label": label, "version": done.version}))
+    else:
+        print(f"item {args.id} of {args.index} is labelled {label!r} (version {done.version})")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with GalleryIndex.open(args.index) as gi:
+        pending = gi.pending
+        version = gi.compact()
+    if args.json:
+        print(json.dumps({"base_version": version, "folded": pending}))
+    else:
+        print(f"{args.index}: base version {version} ({pending} changes folded in from the log)")
     return 0
 
 

@@ -1,75 +1,45 @@
-"""``GalleryIndex``: a FAISS index plus its item table, searched concurrently, changed by copy-and-swap.
+"""``GalleryIndex``: a log-structured gallery. Base snapshot + write-ahead log + in-memory delta, compacted.
 
-Readers take ``self._state`` once and use only that object, so a search always sees one whole version.
-Writers (add, remove, save) hold ``self._lock``, build a changed copy and publish it with one assignment.
+- A change (add, remove, relabel, settings) is one log record, appended and fsynced before it is
+  acknowledged; concurrent writers share one fsync (``groupcommit``). Nothing in its path is O(gallery).
+- Reads take the published :class:`~index.view.View` (base + a prefix of each delta) once and use only it:
+  a search sees one whole version while writes go on. Publishing a version is one assignment.
+- When the delta passes the :class:`CompactionPolicy` thresholds, a background thread seals it (new writes
+  go to a fresh delta and log segment), folds it into a new base snapshot, swaps the base in and deletes
+  the log segments the base covers. Also on :meth:`compact` and ``close(compact=True)``.
+- Open = load ``CURRENT``'s snapshot + replay the log. One process writes (``index/lock.py``), taking the
+  lock at its first write or with ``open(writer=True)``; any number read, and :meth:`refresh` to follow.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import faiss
 import numpy as np
 
+from index import compactor, wal
 from index import factory as fx
-from index.errors import IndexConflictError, IndexCorruptError, IndexMismatchError
-from index.metadata import read_metadata, write_metadata
+from index.bulk import create_gallery
+from index.compaction import CompactionPolicy
+from index.lock import WriterLock
 from index.records import Hit, ItemRecord, NewItem
 from index.search import run_search
-from index.snapshot import (
-    INDEX_FILE,
-    META_FILE,
-    Manifest,
-    clean_stale,
-    locked,
-    read_current,
-    read_manifest,
-    snapshot_name,
-    snapshots_dir,
-    verify_checksums,
-    write_snapshot,
-)
+from index.store import Store, load
+from index.view import View
+from index.working import AddRequest, Committed, RelabelRequest, RemoveRequest, SettingsRequest
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class State:
-    """One immutable version: never changed after it is published (``cache`` only memoises)."""
-
-    index: faiss.Index
-    records: dict[int, ItemRecord]  # in increasing id order
-    by_sha: dict[str, int]
-    next_id: int
-    cache: dict[Any, Any] = field(default_factory=dict)
-
-    def label_ids(self, label: str) -> np.ndarray:
-        key = ("label", label)
-        if key not in self.cache:
-            self.cache[key] = np.array([i for i, r in self.records.items() if r.label == label], dtype=np.int64)
-        ids: np.ndarray = self.cache[key]
-        return ids
+__all__ = ["Committed", "CompactionPolicy", "GalleryIndex"]
 
 
 class GalleryIndex:
-    def __init__(self, index_dir: Path, manifest: Manifest, state: State) -> None:
-        self._dir = index_dir
-        self._manifest = manifest
-        self._version = manifest.version
-        self._state = state
-        self._lock = threading.RLock()
-        self._dirty = False
-        self.checkpoint: str | None = manifest.checkpoint
-        self.gallery_root: Path | None = Path(manifest.gallery_root) if manifest.gallery_root else None
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
-    # ----------------------------------------------------------------- create / open
+    # ----------------------------------------------------------------- create / open / close
     @classmethod
     def create(
         cls,
@@ -81,117 +51,162 @@ class GalleryIndex:
         gallery_root: str | Path | None = None,
         factory: str | None = None,
         checkpoint: str | Path | None = None,
+        policy: CompactionPolicy | None = None,
+        rerank: bool = False,
     ) -> GalleryIndex:
-        """An empty index in ``index_dir`` (which must not hold one yet), saved as snapshot 1."""
+        """An empty gallery in ``index_dir`` (which must not hold one yet), as base version 1; it writes.
+
+        ``rerank``: keep an 8-bit copy of the base's vectors on disk and re-rank the index's candidates
+        with it (for compressed PQ types: index/rerank.py); made by the first compaction."""
         index_dir = Path(index_dir)
         if (index_dir / "CURRENT").exists():
             raise ValueError(f"{index_dir} already holds an index. Open it, or remove it / choose another folder.")
-        index, used = fx.make_index(factory or fx.DEFAULT_FACTORY, dim)
-        manifest = Manifest(
-            version=0,
-            model_hash=model_hash,
-            backbone=backbone,
-            dim=dim,
-            count=0,
-            factory=used,
-            created=time.time(),
-            gallery_root=str(Path(gallery_root).resolve()) if gallery_root else None,
-            checkpoint=str(checkpoint) if checkpoint else None,
-        )
-        gi = cls(index_dir, manifest, State(index, {}, {}, 0))
-        gi.save()
-        return gi
+        index_dir.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock.acquire(index_dir)
+        try:
+            create_gallery(
+                index_dir,
+                [],
+                model_hash=model_hash,
+                backbone=backbone,
+                dim=dim,
+                factory=factory,
+                gallery_root=gallery_root,
+                checkpoint=checkpoint,
+                rerank=rerank,
+            )
+            working, pos = load(index_dir, model_hash, dim)
+            store = Store(index_dir, working, policy or CompactionPolicy(), pos)
+            store.become_writer(lock)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(store)
 
     @classmethod
-    def open(cls, index_dir: str | Path, *, model_hash: str | None = None, dim: int | None = None) -> GalleryIndex:
-        """Load the ``CURRENT`` snapshot, verifying the model, the dimension and every file's checksum."""
+    def open(
+        cls,
+        index_dir: str | Path,
+        *,
+        model_hash: str | None = None,
+        dim: int | None = None,
+        writer: bool = False,
+        policy: CompactionPolicy | None = None,
+    ) -> GalleryIndex:
+        """Load ``CURRENT``'s base (verifying the model, the dimension and every checksum) and replay the log.
+
+        ``writer=True`` takes the writer lock now (else at the first change)."""
         index_dir = Path(index_dir)
         if not (index_dir / "CURRENT").is_file():
             raise FileNotFoundError(f"No index at {index_dir}. Build one with `imgsim index build`.")
-        with locked(index_dir):
-            clean_stale(index_dir)
-            version = read_current(index_dir)
-            assert version is not None
-            snap = snapshots_dir(index_dir) / snapshot_name(version)
-            manifest = read_manifest(snap)
-            rebuild = f"Rebuild it with `imgsim index build --checkpoint <your checkpoint> --out {index_dir}`."
-            if model_hash is not None and manifest.model_hash != model_hash:
-                raise IndexMismatchError(
-                    f"Index {index_dir} was built by model {manifest.model_hash[:12]}, not by this "
-                    f"checkpoint "
-                    f"({model_hash[:12]}). {rebuild}"
-                )
-            if dim is not None and manifest.dim != dim:
-                raise IndexMismatchError(
-                    f"Index {index_dir} holds {manifest.dim}-d vectors; this model makes {dim}-d. {rebuild}"
-                )
-            verify_checksums(snap, manifest)
-            try:
-                index = faiss.read_index(str(snap / INDEX_FILE))
-            except RuntimeError as exc:
-                raise IndexCorruptError(f"{snap / INDEX_FILE} cannot be read by FAISS. {rebuild}") from exc
-            records = read_metadata(snap / META_FILE)
-        if index.ntotal != len(records) or index.d != manifest.dim:
-            raise IndexCorruptError(
-                f"{snap} is inconsistent: {index.ntotal} vectors of dim {index.d}, "
-                f"{len(records)} metadata rows, "
-                f"manifest dim {manifest.dim}. {rebuild}"
-            )
-        fx.apply_search_params(index, manifest.search_params)
-        by_sha = {r.sha256: i for i, r in records.items()}
-        log.info("opened %s version %d: %d items (%s)", index_dir, version, len(records), manifest.factory)
-        return cls(index_dir, manifest, State(index, records, by_sha, manifest.next_id))
+        working, pos = load(index_dir, model_hash, dim)
+        gi = cls(Store(index_dir, working, policy or CompactionPolicy(), pos))
+        log.info(
+            "opened %s version %d: %d items (%s; base %d + %d changes in the log)",
+            index_dir,
+            gi.version,
+            gi.count,
+            working.base.manifest.factory,
+            working.base.version,
+            gi.pending,
+        )
+        if writer:
+            gi.ensure_writer()
+        return gi
+
+    def close(self, compact: bool = False) -> None:
+        """Stop writing: optionally fold the log into a new base first (the service's clean shutdown),
+        wait for a compaction under way, release the writer lock. Reads keep working on what was loaded."""
+        self._store.close(compact)
+
+    def __enter__(self) -> GalleryIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ensure_writer(self) -> None:
+        """Take the writer lock (if this object does not hold it yet) and catch up with the disk.
+
+        Raises :class:`~index.errors.IndexConflictError` naming the process that writes instead."""
+        self._store.ensure_writer()
+
+    def refresh(self) -> bool:
+        """Catch up with the writer (another process): its newer log records or its new base. A reader calls
+        this to follow; the writer is always current. Returns whether the version moved."""
+        return self._store.refresh()
 
     # ----------------------------------------------------------------- properties
     @property
     def version(self) -> int:
-        return self._version
+        return self._store.view.version
 
     @property
     def count(self) -> int:
-        return len(self._state.records)
-
-    @property
-    def dim(self) -> int:
-        return self._manifest.dim
-
-    @property
-    def model_hash(self) -> str:
-        return self._manifest.model_hash
-
-    @property
-    def backbone(self) -> str:
-        return self._manifest.backbone
-
-    @property
-    def factory(self) -> str:
-        return self._manifest.factory
-
-    @property
-    def index_dir(self) -> Path:
-        return self._dir
-
-    @property
-    def dirty(self) -> bool:
-        """True when there are changes that :meth:`save` has not written yet."""
-        return self._dirty
+        return self._store.view.count
 
     @property
     def ntotal(self) -> int:
-        return int(self._state.index.ntotal)
+        """Vectors searched: the base's not removed plus the deltas' live ones (= ``count``)."""
+        return self._store.view.count
+
+    @property
+    def base_version(self) -> int:
+        return self._store.view.base.version
+
+    @property
+    def pending(self) -> int:
+        """Changes in the log and the delta, not yet compacted into the base."""
+        return self._store.view.changes
+
+    @property
+    def dim(self) -> int:
+        return self._store.view.base.manifest.dim
+
+    @property
+    def model_hash(self) -> str:
+        return self._store.view.base.manifest.model_hash
+
+    @property
+    def backbone(self) -> str:
+        return self._store.view.base.manifest.backbone
+
+    @property
+    def factory(self) -> str:
+        return self._store.view.base.manifest.factory
+
+    @property
+    def index_dir(self) -> Path:
+        return self._store.dir
+
+    @property
+    def checkpoint(self) -> str | None:
+        value: str | None = self._store.view.settings.get("checkpoint")
+        return value
+
+    @property
+    def gallery_root(self) -> Path | None:
+        root = self._store.view.settings.get("gallery_root")
+        return Path(root) if root else None
 
     @property
     def media_dir(self) -> Path:
-        path = self._dir / "media"
+        path = self._store.dir / "media"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @property
+    def fsyncs(self) -> int:
+        """Batches this object has committed (one log write and one fsync each)."""
+        return self._store.commit.batches
+
     def info(self) -> dict[str, Any]:
-        m = self._manifest
+        view = self._store.view
+        m = view.base.manifest
         return {
-            "index_dir": str(self._dir),
-            "version": self._version,
-            "count": self.count,
+            "index_dir": str(self._store.dir),
+            "version": view.version,
+            "count": view.count,
             "dim": m.dim,
             "factory": m.factory,
             "model_hash": m.model_hash,
@@ -199,40 +214,41 @@ class GalleryIndex:
             "created": m.created,
             "gallery_root": str(self.gallery_root) if self.gallery_root else None,
             "checkpoint": self.checkpoint,
-            "search_params": fx.current_search_params(self._state.index),
-            "labels": self.labels(),
+            "search_params": view.search_params or fx.current_search_params(view.base.index),
+            "labels": view.labels(),
+            "base_version": view.base.version,
+            "pending_changes": view.changes,
+            "log_bytes": sum(p.stat().st_size for _, p in wal.segments(self._store.dir)),
+            "writer": self._store.log is not None,
+            "last_compaction_error": self._store.last_compaction_error,
         }
 
-    # ----------------------------------------------------------------- reads
+    # ----------------------------------------------------------------- reads (one view each)
+    def view(self) -> View:
+        """The published version: read several things from it to see them all at one version."""
+        return self._store.view
+
     def search(self, vectors: np.ndarray, k: int, label: str | None = None) -> list[list[Hit]]:
-        return run_search(self._state, self._check_vectors(vectors), k, label)
+        return run_search(self._store.view, self._check_vectors(vectors), k, label)
 
     def get(self, id: int) -> ItemRecord | None:
-        return self._state.records.get(int(id))
+        return self._store.view.get(int(id))
 
     def items(self, offset: int = 0, limit: int = 50, label: str | None = None) -> tuple[list[ItemRecord], int]:
         if offset < 0 or limit < 0:
             raise ValueError("offset and limit must be >= 0.")
-        state = self._state
-        key = ("items", label)
-        if key not in state.cache:
-            state.cache[key] = [r for r in state.records.values() if label is None or r.label == label]
-        rows: list[ItemRecord] = state.cache[key]
-        return rows[offset : offset + limit], len(rows)
+        return self._store.view.items(offset, limit, label)
 
-    def all_records(self) -> list[ItemRecord]:
-        return list(self._state.records.values())
+    def all_records(self) -> Iterator[ItemRecord]:
+        """Every item in id order, read a chunk at a time."""
+        return self._store.view.iter_records()
 
     def id_for_sha(self, sha256: str) -> int | None:
         """The id of the item with this content, if it is indexed."""
-        return self._state.by_sha.get(sha256)
+        return self._store.view.id_for_sha(sha256)
 
     def vector(self, id: int) -> np.ndarray | None:
-        state = self._state
-        if int(id) not in state.records:
-            return None
-        vec = np.asarray(state.index.reconstruct(int(id)))
-        return vec
+        return self._store.view.vector(int(id))
 
     def image_path(self, id: int) -> Path | None:
         record = self.get(id)
@@ -242,121 +258,48 @@ class GalleryIndex:
         if path.is_absolute():
             return path
         if record.path.startswith("media/"):
-            return self._dir / path
-        return self.gallery_root / path if self.gallery_root else None
+            return self._store.dir / path
+        root = self.gallery_root
+        return root / path if root else None
 
     def labels(self) -> dict[str, int]:
-        state = self._state
-        if "labels" not in state.cache:
-            state.cache["labels"] = dict(sorted(Counter(r.label for r in state.records.values()).items()))
-        labels: dict[str, int] = state.cache["labels"]
-        return dict(labels)
+        return self._store.view.labels()
 
-    # ----------------------------------------------------------------- writes
+    # ----------------------------------------------------------------- writes (durable when they return)
     def add(self, vectors: np.ndarray, items: Sequence[NewItem]) -> list[int]:
         """Add items; one whose sha256 is already present (or repeated in ``items``) keeps its existing id."""
+        return self.commit_add(vectors, items).ids
+
+    def commit_add(self, vectors: np.ndarray, items: Sequence[NewItem]) -> Committed:
         x = self._check_vectors(vectors)
         if len(items) != len(x):
             raise ValueError(f"{len(x)} vectors but {len(items)} items.")
-        with self._lock:
-            state = self._state
-            records, by_sha, next_id = dict(state.records), dict(state.by_sha), state.next_id
-            ids: list[int] = []
-            rows, new_ids = [], []
-            now = time.time()
-            for row, item in enumerate(items):
-                if item.sha256 in by_sha:
-                    ids.append(by_sha[item.sha256])
-                    continue
-                new_id, next_id = next_id, next_id + 1
-                records[new_id] = ItemRecord(
-                    new_id, item.path, item.label, item.sha256, int(item.width), int(item.height), now
-                )
-                by_sha[item.sha256] = new_id
-                ids.append(new_id)
-                rows.append(row)
-                new_ids.append(new_id)
-            if not rows:
-                return ids
-            index = faiss.clone_index(state.index)
-            fx.apply_search_params(index, fx.current_search_params(state.index))
-            if not index.is_trained:
-                need = fx.min_train_size(index)
-                if len(rows) < need:
-                    raise ValueError(
-                        f"Index type {self.factory} must be trained on at least {need} vectors; "
-                        f"got {len(rows)}. "
-                        "Use the exact type (--factory IDMap2,Flat) for a gallery this small."
-                    )
-                index.train(fx.training_sample(x[rows], need))
-            index.add_with_ids(x[rows], np.asarray(new_ids, dtype=np.int64))
-            self._state = State(index, records, by_sha, next_id)
-            self._dirty = True
-        return ids
+        return self._store.submit(AddRequest(x, list(items))) if len(items) else Committed(self.version)
 
     def remove(self, ids: Sequence[int]) -> list[int]:
         """Remove ``ids``; unknown ones are ignored. Returns those removed. Other ids never change."""
-        with self._lock:
-            state = self._state
-            gone = [i for i in dict.fromkeys(int(i) for i in ids) if i in state.records]
-            if not gone:
-                return []
-            drop = set(gone)
-            records = {i: r for i, r in state.records.items() if i not in drop}
-            index = faiss.clone_index(state.index)
-            fx.apply_search_params(index, fx.current_search_params(state.index))
-            try:
-                cast(Any, index).remove_ids(np.asarray(gone, dtype=np.int64))
-            except RuntimeError:  # HNSW and refine indexes cannot remove in place
-                index = fx.rebuild_without(state.index, np.fromiter(records, dtype=np.int64))
-            by_sha = {r.sha256: i for i, r in records.items()}
-            self._state = State(index, records, by_sha, state.next_id)
-            self._dirty = True
-        return gone
+        return self.commit_remove(ids).ids
+
+    def commit_remove(self, ids: Sequence[int]) -> Committed:
+        return self._store.submit(RemoveRequest([int(i) for i in ids]))
+
+    def relabel(self, id: int, label: str) -> Committed:
+        """Give item ``id`` a new label; ``ids`` of the result is empty when there is no such item."""
+        if not isinstance(label, str) or not label:
+            raise ValueError("A label must be a non-empty string.")
+        return self._store.submit(RelabelRequest(int(id), label))
 
     def set_search_params(self, **params: float) -> None:
-        """Change nprobe / efSearch / k_factor (re-ranking depth) on a copy, then publish it."""
-        with self._lock:
-            state = self._state
-            index = faiss.clone_index(state.index)
-            fx.apply_search_params(index, {**fx.current_search_params(state.index), **params})
-            self._state = State(index, state.records, state.by_sha, state.next_id)
-            self._dirty = True
+        """Change nprobe / efSearch / k_factor (re-ranking depth) / rerank (candidates per result), durably."""
+        self._store.submit(SettingsRequest({"search_params": {**self._store.view.search_params, **params}}))
 
-    def save(self) -> int:
-        """Write a new snapshot atomically and make it current; returns its version."""
-        with self._lock, locked(self._dir):
-            on_disk = read_current(self._dir)
-            if on_disk is not None and on_disk != self._version:
-                raise IndexConflictError(
-                    f"{self._dir} is at version {on_disk} on disk, but this copy was loaded at "
-                    f"{self._version}: "
-                    "another process changed it. Reopen the index and apply the change again."
-                )
-            state = self._state
-            m = self._manifest
-            manifest = Manifest(
-                version=self._version + 1,
-                model_hash=m.model_hash,
-                backbone=m.backbone,
-                dim=m.dim,
-                count=len(state.records),
-                factory=m.factory,
-                created=m.created,
-                next_id=state.next_id,
-                gallery_root=str(self.gallery_root) if self.gallery_root else None,
-                checkpoint=self.checkpoint,
-                search_params=fx.current_search_params(state.index),
-            )
+    def set_gallery_root(self, root: str | Path) -> None:
+        self._store.submit(SettingsRequest({"gallery_root": str(Path(root).resolve())}))
 
-            def write_files(folder: Path) -> None:
-                faiss.write_index(state.index, str(folder / INDEX_FILE))
-                write_metadata(state.records.values(), folder / META_FILE)
-
-            write_snapshot(self._dir, manifest, write_files)
-            self._manifest, self._version, self._dirty = manifest, manifest.version, False
-            log.info("saved %s version %d (%d items)", self._dir, manifest.version, manifest.count)
-            return manifest.version
+    def compact(self) -> int:
+        """Fold every change so far into a new base now (after one under way); returns the base version."""
+        compactor.compact(self._store)
+        return self._store.view.base.version
 
     def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
         x = np.asarray(vectors, dtype=np.float32)

@@ -1,19 +1,23 @@
-"""Durable snapshots on disk: one directory per version, a manifest, and a ``CURRENT`` pointer.
+"""Durable snapshots on disk (the gallery's bases): one directory per version, a manifest, a ``CURRENT`` pointer.
 
 Layout::
 
-    INDEX_DIR/CURRENT                       "snap-00000007": the live snapshot
+    INDEX_DIR/CURRENT                       "snap-00000007": the live base
     INDEX_DIR/snapshots/snap-00000007/      index.faiss, metadata.sqlite, manifest.json
+    INDEX_DIR/log/                          changes since the base (index/wal.py)
     INDEX_DIR/media/                        uploads kept by the service
 
-A save writes a new directory aside (``.tmp-...``), fsyncs every file and the directory, renames it into
-place, fsyncs ``snapshots/``, then replaces ``CURRENT`` the same way. A ``kill -9`` at any point leaves the
-previous ``CURRENT`` and its snapshot intact; leftovers are removed by :func:`clean_stale` at the next open.
+A snapshot is written aside (``.tmp-...``), every file and the directory fsynced, renamed into place,
+``snapshots/`` fsynced, then ``CURRENT`` replaced the same way. A ``kill -9`` at any point leaves the
+previous ``CURRENT`` and its snapshot intact; the writer removes leftovers (:func:`clean_stale`).
+
+Format 2 is format 1 plus a log that may follow the snapshot; format 1 snapshots (galleries from before
+the log) open as a base with an empty log. The number changed so that older code, which would ignore the
+log and silently serve a stale gallery, refuses format 2 instead.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -21,8 +25,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +34,12 @@ from index.errors import IndexCorruptError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 INDEX_FILE = "index.faiss"
 META_FILE = "metadata.sqlite"
 MANIFEST_FILE = "manifest.json"
-KEEP_SNAPSHOTS = 3
+KEEP_SNAPSHOTS = 2  # the current base and the one before (the log that led past it is gone)
 _SNAP = re.compile(r"^snap-(\d{8})$")
 
 
@@ -53,6 +57,7 @@ class Manifest:
     gallery_root: str | None = None
     checkpoint: str | None = None
     search_params: dict[str, float] = field(default_factory=dict)
+    rerank: bool = False  # re-rank from an 8-bit copy of the vectors on disk (index/rerank.py)
     checksums: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -87,18 +92,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
-def locked(index_dir: Path) -> Iterator[None]:
-    """Exclusive lock between processes that save or clean the same index directory."""
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with open(index_dir / ".lock", "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def read_current(index_dir: Path) -> int | None:
     path = index_dir / "CURRENT"
     if not path.is_file():
@@ -110,17 +103,23 @@ def read_current(index_dir: Path) -> int | None:
 
 
 def _write_current(index_dir: Path, version: int) -> None:
+    """The commit point of a snapshot: ``CURRENT`` names it, durably (temp file, fsync, rename, fsync dir)."""
     tmp = index_dir / f".CURRENT.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(snapshot_name(version) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, index_dir / "CURRENT")
+    try:
+        with open(tmp, "w") as f:
+            f.write(snapshot_name(version) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, index_dir / "CURRENT")
+    finally:
+        tmp.unlink(missing_ok=True)
     fsync_path(index_dir)
 
 
 def clean_stale(index_dir: Path) -> None:
-    """Remove what an interrupted save left: temp files and snapshots newer than ``CURRENT``. Caller locks."""
+    """Remove what an interrupted snapshot write left: temp files, snapshots newer than ``CURRENT``.
+
+    Only the gallery's writer (holding its lock) calls this: anyone else might remove a write in progress."""
     current = read_current(index_dir)
     for tmp in index_dir.glob(".CURRENT.*.tmp"):
         log.warning("removing stale %s", tmp)
@@ -141,18 +140,40 @@ def write_snapshot(
 ) -> Path:
     """Write ``manifest.version`` durably and make it current. ``write_files(dir)`` writes the data files.
 
-    The caller holds :func:`locked`."""
+    The caller is the gallery's writer. On failure the temporary directory is removed (a full disk gets its
+    space back) and ``CURRENT`` still names the previous snapshot, unless the failure came after ``CURRENT``
+    was replaced, which leaves the new snapshot current and complete."""
     snaps = snapshots_dir(index_dir)
     snaps.mkdir(parents=True, exist_ok=True)
     final = snaps / snapshot_name(manifest.version)
+    if final.exists() and read_current(index_dir) == manifest.version:
+        # Committed already by an earlier attempt that failed after CURRENT was replaced (a failing fsync
+        # of the folder): the same version holds the same changes, and it is complete (renamed in whole).
+        log.warning("%s is current already: not writing it again", final)
+        return final
     tmp = snaps / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    try:
+        _write_aside(tmp, manifest, write_files)
+        if final.exists():  # an uncommitted leftover of the same number (never the current one: see above)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_path(snaps)
+    _write_current(index_dir, manifest.version)
+    _prune(snaps, manifest.version, keep)
+    return final
+
+
+def _write_aside(tmp: Path, manifest: Manifest, write_files: Callable[[Path], None]) -> None:
     write_files(tmp)
     checksums = {}
-    for name in (INDEX_FILE, META_FILE):
-        fsync_path(tmp / name)
-        checksums[name] = sha256_file(tmp / name)
+    for path in sorted(tmp.iterdir()):  # index.faiss, metadata.sqlite, and rerank.sq8 where a base has one
+        fsync_path(path)
+        checksums[path.name] = sha256_file(path)
     manifest.checksums = checksums
     manifest.saved_at = time.time()
     with open(tmp / MANIFEST_FILE, "w") as f:
@@ -160,13 +181,6 @@ def write_snapshot(
         f.flush()
         os.fsync(f.fileno())
     fsync_path(tmp)
-    if final.exists():  # an uncommitted leftover of the same number (never the current one)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_path(snaps)
-    _write_current(index_dir, manifest.version)
-    _prune(snaps, manifest.version, keep)
-    return final
 
 
 def _prune(snaps: Path, current: int, keep: int) -> None:
@@ -189,16 +203,17 @@ def read_manifest(snapshot: Path) -> Manifest:
         raise IndexCorruptError(
             f"Manifest {path} is damaged ({exc}). Rebuild the index with `imgsim index build`."
         ) from exc
-    if manifest.format_version != FORMAT_VERSION:
+    if manifest.format_version not in READABLE_FORMATS:
         raise IndexCorruptError(
-            f"Index {snapshot} has format {manifest.format_version}; this version reads {FORMAT_VERSION}. "
+            f"Index {snapshot} has format {manifest.format_version}; this version reads "
+            f"{' and '.join(map(str, READABLE_FORMATS))}. "
             "Rebuild the index with `imgsim index build`."
         )
     return manifest
 
 
 def verify_checksums(snapshot: Path, manifest: Manifest) -> None:
-    for name in (INDEX_FILE, META_FILE):
+    for name in dict.fromkeys([INDEX_FILE, META_FILE, *manifest.checksums]):
         path = snapshot / name
         expected = manifest.checksums.get(name)
         if not path.is_file():

@@ -67,7 +67,8 @@ def index_dir(tmp_path: Path, synthetic_gallery: Path, gallery_files: list[Path]
         for p, im in zip(gallery_files, images, strict=True)
     ]
     gi.add(embedder.embed_images(images), items)
-    gi.save()
+    gi.compact()
+    gi.close()  # the service's gallery becomes the writer at its first change
     return path
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import GalleryIndex, NewItem
+from index import CompactionPolicy, GalleryIndex, NewItem
+
+MANUAL = CompactionPolicy(background=False)  # tests compact when they say so
 
 
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 20, spread: float = 0.35) -> np.ndarray:
@@ -43,8 +45,13 @@ def brute_force(gallery: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: in
 
 @pytest.fixture
 def make_index(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``make(n, dim, factory)``: a gallery of ``n`` clustered vectors (all in the log: not compacted)."""
     def make(
-        n: int = 200, dim: int = 16, factory: str | None = None, name: str = "idx"
+        n: int = 200,
+        dim: int = 16,
+        factory: str | None = None,
+        name: str = "idx",
+        policy: CompactionPolicy = MANUAL,
     ) -> tuple[GalleryIndex, np.ndarray]:
         gi = GalleryIndex.create(
             tmp_path / name,
@@ -53,10 +60,15 @@ def make_index(tmp_path: Path):  # type: ignore[no-untyped-def]
             dim=dim,
             gallery_root=tmp_path / "gallery",
             factory=factory,
+            policy=policy,
         )
+        made.append(gi)
         x = clustered(n, dim)
         if n:
             gi.add(x, new_items(n))
         return gi, x
 
-    return make
+    made: list[GalleryIndex] = []
+    yield make
+    for gi in made:  # release the writer locks (and wait for background compactions)
+        gi.close()

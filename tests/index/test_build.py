@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -115,9 +116,18 @@ def test_cli_commands(
     assert main(["index", "update", "--index", idx, "--workers", "0"]) == 0  # the removed two come back
     assert "2 added" in capsys.readouterr().out
     assert main(["index", "info", "--index", idx]) == 0
-    assert "count          49" in capsys.readouterr().out.splitlines()
+    assert re.search(r"^count +49$", capsys.readouterr().out, re.M)
     assert main(["index", "info", "--index", idx, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 49
+    assert main(["index", "relabel", "--index", idx, "5", "renamed"]) == 0
+    assert "item 5 of" in capsys.readouterr().out and GalleryIndex.open(idx).get(5).label == "renamed"
+    assert main(["index", "relabel", "--index", idx, "999", "x"]) == 2
+    assert "No item with id 999" in capsys.readouterr().err
+    pending = GalleryIndex.open(idx).pending
+    assert pending > 0 and main(["index", "compact", "--index", idx]) == 0
+    assert f"({pending} changes folded in" in capsys.readouterr().out
+    reopened = GalleryIndex.open(idx)
+    assert reopened.pending == 0 and reopened.count == 49 and reopened.get(5).label == "renamed"
     assert main(["index", "info", "--index", str(tmp_path / "none")]) == 2
     assert "No index at" in capsys.readouterr().err
 

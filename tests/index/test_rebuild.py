@@ -33,13 +33,12 @@ def test_another_model_rebuilds_with_the_uploads(
 ) -> None:
     idx = tmp_path / "idx"
     build_gallery_index(tiny_checkpoint, synthetic_gallery, idx, num_workers=0, progress=False)
-    gi = GalleryIndex.open(idx)
     upload = Image.new("RGB", (40, 30), (200, 20, 200))
     (idx / "media").mkdir(exist_ok=True)
     upload.save(idx / "media" / "upload.jpg")
     vector = Embedder(tiny_checkpoint, device="cpu", engine="torch").embed_images([upload])
-    gi.add(vector, [NewItem("media/upload.jpg", "purple", "f" * 64, 40, 30)])
-    gi.save()
+    with GalleryIndex.open(idx) as gi:  # as the service adds one: durable when add returns
+        gi.add(vector, [NewItem("media/upload.jpg", "purple", "f" * 64, 40, 30)])
 
     base = ["--index", str(idx), "--checkpoint", str(other_checkpoint), "--workers", "0", "--device", "cpu"]
     assert main(["index", "update", *base]) == 2
@@ -55,6 +54,9 @@ def test_another_model_rebuilds_with_the_uploads(
     assert carried.sha256 == "f" * 64 and (idx / carried.path).is_file()
     assert not any(p.name.startswith(".idx") for p in tmp_path.iterdir())  # no scratch or old copy left
 
+    with GalleryIndex.open(idx, writer=True):  # a service writing to it: the rebuild stops, naming it
+        assert main(["index", "update", *base, "--rebuild"]) == 2
+        assert "is being written by" in capsys.readouterr().err and GalleryIndex.open(idx).count == 49
     build = ["index", "build", "--data", str(synthetic_gallery), "--index", str(idx), "--workers", "0"]
     assert main([*build, "--checkpoint", str(tiny_checkpoint)]) == 2
     assert "Add --replace" in capsys.readouterr().err

@@ -1,7 +1,9 @@
-"""Snapshots survive kill -9, damaged files and other models are refused with errors that say what to do."""
+"""Base snapshots: a kill -9 during compaction loses nothing, damaged files and other models are refused with
+errors that say what to do, old (format 1) galleries open, one process writes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -11,21 +13,21 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from index import GalleryIndex, IndexConflictError, IndexCorruptError, IndexMismatchError
-from tests.index.conftest import clustered, new_items
+from index.snapshot import write_snapshot
+from tests.index.conftest import MANUAL, clustered, new_items
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The child adds 50 items and saves, but the patched step announces itself and hangs until killed.
+# The child logs 50 adds (durable), then compacts; the patched step announces itself and hangs until killed.
 CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    import index.gallery, index.snapshot
-    from index import GalleryIndex
+    import index.compaction, index.snapshot
+    from index import CompactionPolicy, GalleryIndex
     from tests.index.conftest import clustered, new_items
 
     index_dir, marker, where = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
@@ -34,52 +36,57 @@ CHILD = textwrap.dedent(
         def patched(*args, **kwargs):
             if where == "metadata":  # leave a half-written file behind
                 Path(args[1]).write_bytes(b"SQLite format 3\\0 half")
-            marker.write_text("in save")
+            marker.write_text("in compaction")
             time.sleep(60)
             return real(*args, **kwargs)
         return patched
 
     if where == "metadata":
-        index.gallery.write_metadata = hang(index.gallery.write_metadata)
+        index.compaction.write_next_metadata = hang(index.compaction.write_next_metadata)
     else:  # snapshot directory renamed into place, CURRENT not yet switched
         index.snapshot._write_current = hang(index.snapshot._write_current)
-    gi = GalleryIndex.open(index_dir)
+    gi = GalleryIndex.open(index_dir, policy=CompactionPolicy(background=False))
     gi.add(clustered(50, 16, seed=3), new_items(50, start=1000))
-    gi.save()
+    gi.compact()
     """
 )
 
 
 def _saved_index(tmp_path: Path, n: int = 40) -> GalleryIndex:
-    gi = GalleryIndex.create(tmp_path / "idx", model_hash="a" * 64, backbone="seed-cnn", dim=16)
+    """A closed gallery of ``n`` items, all in its base (version 2)."""
+    gi = GalleryIndex.create(tmp_path / "idx", model_hash="a" * 64, backbone="seed-cnn", dim=16, policy=MANUAL)
     gi.add(clustered(n, 16), new_items(n))
-    gi.save()
+    gi.compact()
+    gi.close()
     return gi
 
 
 @pytest.mark.parametrize("where", ["metadata", "current"])
-def test_kill_9_mid_save_keeps_previous_snapshot(tmp_path: Path, where: str) -> None:
+def test_kill_9_mid_compaction_keeps_every_change(tmp_path: Path, where: str) -> None:
     gi = _saved_index(tmp_path)
     marker = tmp_path / "marker"
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(gi.index_dir), str(marker), where], cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
-            assert child.poll() is None, "child exited before reaching the save"
-            assert time.monotonic() < deadline, "child never reached the save"
+            assert child.poll() is None, "child exited before reaching the compaction"
+            assert time.monotonic() < deadline, "child never reached the compaction"
             time.sleep(0.05)
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait()
     snaps = gi.index_dir / "snapshots"
-    leftovers = [p.name for p in snaps.iterdir() if p.name not in ("snap-00000001", "snap-00000002")]
-    assert leftovers  # the interrupted save did leave something behind
+    kept = ["snap-00000001", "snap-00000002"]  # the base and the one before
+    assert sorted(p.name for p in snaps.iterdir()) != kept  # the dead compaction left something
 
-    reopened = GalleryIndex.open(gi.index_dir, model_hash="a" * 64, dim=16)
-    assert reopened.version == 2 and reopened.count == reopened.ntotal == 40
-    assert sorted(p.name for p in snaps.iterdir()) == ["snap-00000001", "snap-00000002"]  # stale ones cleaned
-    assert reopened.search(clustered(40, 16)[:1], 1)[0][0].id == 0
-    assert reopened.save() == 3  # and the next save takes the number the dead one had
+    reopened = GalleryIndex.open(gi.index_dir, model_hash="a" * 64, dim=16, writer=True, policy=MANUAL)
+    assert reopened.version == 3 and reopened.count == 90  # base 2 + the logged batch of 50
+    assert reopened.base_version == 2 and reopened.pending == 50
+    assert sorted(p.name for p in snaps.iterdir()) == kept  # the writer cleaned the rest
+    assert reopened.search(clustered(50, 16, seed=3)[:1], 1)[0][0].id == 40
+    assert reopened.compact() == 3  # and the next compaction takes the number the dead one had
+    reopened.close()
+    assert GalleryIndex.open(gi.index_dir).count == 90
 
 
 def test_mismatched_model_or_dimension_refused(tmp_path: Path) -> None:
@@ -110,7 +117,7 @@ def test_unreadable_index_with_matching_checksum_refused(tmp_path: Path) -> None
     snap = _current(gi)
     (snap / "index.faiss").write_bytes(b"not a faiss index")
     manifest = json.loads((snap / "manifest.json").read_text())
-    manifest["checksums"]["index.faiss"] = __import__("hashlib").sha256(b"not a faiss index").hexdigest()
+    manifest["checksums"]["index.faiss"] = hashlib.sha256(b"not a faiss index").hexdigest()
     (snap / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexCorruptError, match=r"cannot be read by FAISS\. Rebuild"):
         GalleryIndex.open(gi.index_dir)
@@ -133,52 +140,61 @@ def test_other_damage_refused(tmp_path: Path, damage, message: str) -> None:  # 
         GalleryIndex.open(gi.index_dir)
 
 
-def test_stale_temporaries_cleaned_at_open(tmp_path: Path) -> None:
+def test_format_1_gallery_opens_as_a_base_with_an_empty_log(tmp_path: Path) -> None:
+    """What the snapshot-per-save code wrote: format 1, no label_counts table, no log folder."""
+    gi = _saved_index(tmp_path, n=30)
+    snap = _current(gi)
+    import shutil
+    import sqlite3
+
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((snap / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    from index.snapshot import Manifest
+
+    def write_files(folder: Path) -> None:
+        shutil.copy(snap / "index.faiss", folder / "index.faiss")
+        shutil.copy(snap / "metadata.sqlite", folder / "metadata.sqlite")
+        with sqlite3.connect(folder / "metadata.sqlite") as db:
+            db.execute("DROP TABLE label_counts")
+
+    write_snapshot(old, Manifest.from_dict(manifest), write_files)
+    assert not (old / "log").exists()
+    opened = GalleryIndex.open(old, policy=MANUAL)
+    assert opened.count == 30 and opened.pending == 0 and opened.labels() == {"cls0": 10, "cls1": 10, "cls2": 10}
+    assert opened.add(clustered(1, 16, seed=4), new_items(1, start=500)) == [30]
+    opened.close()
+    reopened = GalleryIndex.open(old, policy=MANUAL)
+    assert reopened.count == 31
+    reopened.compact()  # its next base is format 2
+    assert json.loads((_current(reopened) / "manifest.json").read_text())["format_version"] == 2
+    reopened.close()
+
+
+def test_stale_temporaries_cleaned_when_writing_starts(tmp_path: Path) -> None:
     gi = _saved_index(tmp_path)
     (gi.index_dir / "snapshots" / ".tmp-snap-00000003-999").mkdir()
     (gi.index_dir / ".CURRENT.999.tmp").write_text("snap-00000003")
-    GalleryIndex.open(gi.index_dir)
+    reader = GalleryIndex.open(gi.index_dir)  # a reader leaves them alone: a writer may be using them
+    assert (gi.index_dir / ".CURRENT.999.tmp").exists()
+    reader.ensure_writer()
     assert not (gi.index_dir / ".CURRENT.999.tmp").exists()
     assert not (gi.index_dir / "snapshots" / ".tmp-snap-00000003-999").exists()
+    reader.close()
 
 
-def test_save_refuses_to_overwrite_another_writer(tmp_path: Path) -> None:
+def test_one_writer_per_gallery(tmp_path: Path) -> None:
     gi = _saved_index(tmp_path)
-    other = GalleryIndex.open(gi.index_dir)
-    other.remove([1])
-    other.save()
-    gi.remove([2])
-    with pytest.raises(IndexConflictError, match="another process changed it"):
-        gi.save()
-    assert GalleryIndex.open(gi.index_dir).get(2) is not None
-
-
-def test_random_kills_always_leave_a_loadable_index(tmp_path: Path) -> None:
-    """Kill real saves (no patching) at random moments: each time one whole version loads."""
-    gi = _saved_index(tmp_path, n=2000)
-    script = textwrap.dedent(
-        """
-        import sys
-        from index import GalleryIndex
-        from tests.index.conftest import clustered, new_items
-        from pathlib import Path
-        gi = GalleryIndex.open(sys.argv[1])
-        Path(sys.argv[2]).write_text("saving")
-        for j in range(1000):
-            gi.add(clustered(10, 16, seed=j), new_items(10, start=10_000 + 10 * gi.version))
-            gi.save()
-        """
-    )
-    rng = np.random.default_rng(0)
-    marker = tmp_path / "marker"
-    for _ in range(5):
-        marker.unlink(missing_ok=True)
-        child = subprocess.Popen([sys.executable, "-c", script, str(gi.index_dir), str(marker)], cwd=ROOT)
-        while not marker.exists() and child.poll() is None:
-            time.sleep(0.01)
-        time.sleep(float(rng.uniform(0.05, 0.6)))
-        child.kill()
-        child.wait()
-        reopened = GalleryIndex.open(gi.index_dir)
-        assert reopened.count == reopened.ntotal == 2000 + 10 * (reopened.version - 2)
-    assert reopened.version > 2  # saves did happen between the kills
+    writer = GalleryIndex.open(gi.index_dir, writer=True, policy=MANUAL)
+    other = GalleryIndex.open(gi.index_dir)  # reading needs no lock
+    with pytest.raises(IndexConflictError, match=rf"written by this process {os.getpid()} .*send changes"):
+        other.remove([1])
+    assert other.get(1) is not None and writer.get(1) is not None  # the refused change did nothing
+    script = "import sys; from index import GalleryIndex; GalleryIndex.open(sys.argv[1]).remove([1])"
+    run = subprocess.run([sys.executable, "-c", script, str(gi.index_dir)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 1 and f"being written by pid {os.getpid()}" in run.stderr
+    writer.remove([2])
+    writer.close()  # releasing the lock lets the other one write, after catching up with what it missed
+    assert other.remove([1]) == [1] and other.get(2) is None and other.count == 38
+    other.close()
