@@ -99,6 +99,16 @@ def remove_item(service: Service, item_id: int) -> int:
     return done.version
 
 
+def relabel_item(service: Service, item_id: int, label: str) -> tuple[ItemRecord, int]:
+    """Give the item a new label, durably; returns (record, index version)."""
+    gi = service.index
+    done = gi.relabel(item_id, label)
+    record = gi.get(item_id) if done.ids else None
+    if record is None:
+        raise not_found(item_id)
+    return record, done.version
+
+
 def _discard(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)

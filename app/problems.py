@@ -48,7 +48,9 @@ ERROR_DESCRIPTIONS = {
     415: "not a supported image format (the bytes are sniffed)",
     422: "invalid request (invalid_request, invalid_label, wrong_image_count, ...) or unusable image (empty_image, "
     "image_too_large, corrupt_image, bad_aspect_ratio, invalid_embedding)",
-    503: "not ready, draining, or the queue is full (overloaded); see Retry-After",
+    503: "not ready, draining, or the queue is full (overloaded); a change that could not be made durable "
+    "(storage_unavailable); see Retry-After",
+    507: "the disk is full: the change was not made (storage_full)",
 }
 
 

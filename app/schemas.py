@@ -146,6 +146,15 @@ class AddItemResponse(GalleryItem):
     index_version: int
 
 
+class RelabelRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"label": "beagle"}]})
+    label: str = Field(min_length=1, max_length=200, description="the item's new label")
+
+
+class RelabelResponse(GalleryItem):
+    index_version: int = Field(description="the gallery version that holds the change (durable)")
+
+
 class GalleryPage(BaseModel):
     items: list[GalleryItem]
     total: int

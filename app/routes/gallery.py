@@ -11,9 +11,16 @@ from fastapi.responses import JSONResponse
 
 from app.deps import FormRules, ItemId, ReadAccess, ServiceDep, WriteAccess, read_upload
 from app.errors import ServiceError, not_found
-from app.gallery_ops import add_item, remove_item, render_image, to_item
+from app.gallery_ops import add_item, relabel_item, remove_item, render_image, to_item
 from app.problems import error_responses
-from app.schemas import AddItemResponse, DeleteResponse, GalleryItem, GalleryPage
+from app.schemas import (
+    AddItemResponse,
+    DeleteResponse,
+    GalleryItem,
+    GalleryPage,
+    RelabelRequest,
+    RelabelResponse,
+)
 from app.service import Service
 
 router = APIRouter(prefix="/v1/gallery", tags=["gallery"])
@@ -106,7 +113,7 @@ async def get_image(
     dependencies=[WriteAccess, Depends(FormRules(files={"image": 1}))],
     responses={
         200: {"model": AddItemResponse, "description": "the image was already in the gallery"},
-        **error_responses(401, 403, 409, 413, 415, 422, 503),
+        **error_responses(401, 403, 409, 413, 415, 422, 503, 507),
     },
     summary="Add an image with its label",
 )
@@ -143,11 +150,27 @@ def _refuse_a_second_label(service: Service, data: bytes, label: str) -> None:
         )
 
 
+@router.patch(
+    "/{item_id}",
+    response_model=RelabelResponse,
+    dependencies=[WriteAccess],
+    responses=error_responses(401, 403, 404, 422, 503, 507),
+    summary="Give an item a new label",
+)
+async def relabel(service: ServiceDep, item_id: ItemId, change: RelabelRequest) -> RelabelResponse:
+    """Durable before the answer, like every change; the item keeps its id, image and vector."""
+    label = change.label.strip()
+    if not label or not label.isprintable():
+        raise ServiceError(422, "invalid_label", "The label must be non-empty printable text.")
+    record, version = await to_thread.run_sync(relabel_item, service, item_id, label)
+    return RelabelResponse(**to_item(record).model_dump(), index_version=version)
+
+
 @router.delete(
     "/{item_id}",
     response_model=DeleteResponse,
     dependencies=[WriteAccess],
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503, 507),
     summary="Delete an item",
 )
 async def delete(service: ServiceDep, item_id: ItemId) -> DeleteResponse:

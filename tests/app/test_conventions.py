@@ -227,3 +227,41 @@ def test_the_same_image_with_another_label_is_a_conflict_not_silence(
     assert body["existing"]["label"] == photo.parent.name and body["existing"]["sha256"] == same.json()["sha256"]
     assert client.get(f"/v1/gallery/{body['existing']['id']}").json()["label"] == photo.parent.name  # unchanged
     assert client.get("/v1/gallery", params={"label": "poodle"}).json()["total"] == 0
+
+
+def test_patch_relabels_durably_and_then_the_image_can_be_added_under_its_new_label(
+    settings: Settings, gallery_files: list[Path]
+) -> None:
+    photo = gallery_files[2]
+    write = settings.model_copy(update={"api_keys_read": ["r"], "api_keys_write": ["w"]})
+    with running(write) as client:
+        added = client.post(
+            "/v1/gallery", files={"image": ("a.png", photo.read_bytes())}, data={"label": photo.parent.name},
+            headers={"X-API-Key": "w"},
+        ).json()  # fmt: skip
+        item = added["id"]
+        r = client.patch(f"/v1/gallery/{item}", json={"label": " beagle "}, headers={"Authorization": "Bearer w"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["id"], body["label"], body["sha256"]) == (item, "beagle", added["sha256"])
+        assert body["index_version"] > added["index_version"]
+        again = client.post(
+            "/v1/gallery", files={"image": ("a.png", photo.read_bytes())}, data={"label": "beagle"},
+            headers={"X-API-Key": "w"},
+        )  # fmt: skip
+        assert (again.status_code, again.json()["id"], again.json()["created"]) == (200, item, False)
+        hits = client.post("/v1/search", files={"image": ("q.png", photo.read_bytes())}, data={"label": "beagle"},
+                           headers={"X-API-Key": "r"}).json()["results"]  # fmt: skip
+        assert hits[0]["id"] == item and hits[0]["distance"] < 1e-4
+        for change, headers, status, code in (
+            ({"label": "x"}, {"X-API-Key": "r"}, 403, "insufficient_scope"),
+            ({"label": "  "}, {"X-API-Key": "w"}, 422, "invalid_label"),
+            ({"label": ""}, {"X-API-Key": "w"}, 422, "invalid_request"),
+            ({}, {"X-API-Key": "w"}, 422, "invalid_request"),
+        ):
+            r = client.patch(f"/v1/gallery/{item}", json=change, headers=headers)
+            assert (r.status_code, problem_of(r)["code"]) == (status, code), change
+        r = client.patch("/v1/gallery/999999", json={"label": "x"}, headers={"X-API-Key": "w"})
+        assert (r.status_code, problem_of(r)["code"]) == (404, "item_not_found")
+    with running(write) as client:  # a new process: the relabel was durable
+        assert client.get(f"/v1/gallery/{item}", headers={"X-API-Key": "r"}).json()["label"] == "beagle"

@@ -36,6 +36,7 @@ def test_sync_and_async_client(settings: Settings, gallery_files: list[Path]) ->
         assert client.get_image(item.id, size=32)[:2] == b"\xff\xd8"
         added = client.add(png_bytes(draw_shape("red_circles", np.random.default_rng(11))), "via_client")
         assert added.created and client.list_items(label="via_client").total == 1
+        assert client.relabel(added.id, "renamed").label == "renamed" and client.get_item(added.id).label == "renamed"
         assert client.delete(added.id).deleted
         card = client.model()
         assert card.embedding_dim == len(client.embed([query]).embeddings[0])

@@ -13,6 +13,7 @@ from imgsim_client.models import (
     GalleryPage,
     ModelCard,
     ModelInfo,
+    RelabelResponse,
     SearchHit,
     SearchResponse,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "ImageInput",
     "ModelCard",
     "ModelInfo",
+    "RelabelResponse",
     "Retry",
     "SearchHit",
     "SearchResponse",

@@ -70,6 +70,10 @@ def add(image: ImageInput, label: str) -> Call:
     return Call("POST", "/v1/gallery", {"files": [_file("image", image)], "data": {"label": label}})
 
 
+def relabel(item_id: int, label: str) -> Call:
+    return Call("PATCH", f"/v1/gallery/{int(item_id)}", {"json": {"label": label}})
+
+
 def delete(item_id: int) -> Call:
     return Call("DELETE", f"/v1/gallery/{int(item_id)}")
 

@@ -29,6 +29,7 @@ from imgsim_client.models import (
     GalleryItem,
     GalleryPage,
     ModelCard,
+    RelabelResponse,
     SearchResponse,
 )
 from imgsim_client.retry import Retry
@@ -131,6 +132,9 @@ class Client:
     def add(self, image: ImageInput, label: str) -> AddItemResponse:
         return _answer(AddItemResponse, self._send(calls.add(image, label)))
 
+    def relabel(self, item_id: int, label: str) -> RelabelResponse:
+        return _answer(RelabelResponse, self._send(calls.relabel(item_id, label)))
+
     def delete(self, item_id: int) -> DeleteResponse:
         return _answer(DeleteResponse, self._send(calls.delete(item_id)))
 
@@ -221,6 +225,9 @@ class AsyncClient:
 
     async def add(self, image: ImageInput, label: str) -> AddItemResponse:
         return _answer(AddItemResponse, await self._send(calls.add(image, label)))
+
+    async def relabel(self, item_id: int, label: str) -> RelabelResponse:
+        return _answer(RelabelResponse, await self._send(calls.relabel(item_id, label)))
 
     async def delete(self, item_id: int) -> DeleteResponse:
         return _answer(DeleteResponse, await self._send(calls.delete(item_id)))

@@ -92,3 +92,7 @@ class DeleteResponse(_Answer):
     id: int
     deleted: bool = True
     index_version: int
+
+
+class RelabelResponse(GalleryItem):
+    index_version: int
