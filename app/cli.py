@@ -109,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_from_args(args)
         check_inputs(args)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Bad options and missing files are the user's to fix: one clear line, no traceback.
+    except (ValueError, OSError, RuntimeError) as exc:
+        # Bad options, missing files, a full or read-only disk: the user's to fix, one clear line, no traceback.
         print(f"imgsim {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

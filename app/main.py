@@ -83,8 +83,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with suppress(asyncio.CancelledError):
                 await loader
         if runtime.service is not None:
-            await runtime.service.batcher.close()
-            runtime.service = None
+            service, runtime.service = runtime.service, None
+            await service.batcher.close()
+            # Fold the log into a new base on a clean shutdown, so the next start replays nothing.
+            await to_thread.run_sync(lambda: service.index.close(compact=True))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

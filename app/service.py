@@ -12,7 +12,6 @@ search of a small gallery does, because it takes less time than the thread hop.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from app.media import shrink
 from app.prometheus import Metrics
 from app.schemas import ModelInfo, SearchHit
 from app.settings import Settings
-from index import GalleryIndex, Hit
+from index import CompactionPolicy, GalleryIndex, Hit
 from model.core.images import ImageError, load_image
 from model.inference.embedder import Embedder, ModelError
 
@@ -60,10 +59,13 @@ def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
     """Open the gallery built by this model, or create an empty one; a gallery of another model is refused."""
     ckpt = embedder.checkpoint
     index_dir = Path(settings.index)
+    policy = CompactionPolicy(max_changes=settings.compact_max_changes, max_age_s=settings.compact_max_age_s)
     if (index_dir / "CURRENT").is_file():
-        return GalleryIndex.open(index_dir, model_hash=ckpt.hash, dim=embedder.dim)
+        return GalleryIndex.open(index_dir, model_hash=ckpt.hash, dim=embedder.dim, policy=policy)
     log.info("no gallery at %s: creating an empty one", index_dir)
-    return GalleryIndex.create(index_dir, model_hash=ckpt.hash, backbone=ckpt.config.backbone, dim=embedder.dim)
+    return GalleryIndex.create(
+        index_dir, model_hash=ckpt.hash, backbone=ckpt.config.backbone, dim=embedder.dim, policy=policy
+    )
 
 
 @dataclass
@@ -80,7 +82,6 @@ class Service:
     metrics: Metrics
     batcher: DynamicBatcher[Item, Outcome] = field(init=False)
     budget: MemoryBudget = field(init=False)
-    write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         s = self.settings

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     keep_alive_timeout_s: int = Field(default=5, ge=1, description="idle time before a kept-alive connection closes")
 
     media_max_side: int = Field(default=1024, ge=64, description="stored re-encoded uploads are at most this big")
+    # The gallery's log is folded into a new base (in the background) past this many changes or this age.
+    compact_max_changes: int = Field(default=20_000, ge=1, description="changes kept in the log before compaction")
+    compact_max_age_s: float = Field(default=3600.0, gt=0, description="oldest logged change before compaction")
     drain_seconds: float = Field(default=1.0, ge=0, description="after SIGTERM, readiness is 503 this long before exit")
 
     # Browser origins allowed to call the API from their pages (CORS), comma-separated; none: CORS is off.

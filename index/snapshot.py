@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from index.errors import IndexCorruptError
+from model.core.files import fsync_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +76,6 @@ def snapshots_dir(index_dir: Path) -> Path:
     return index_dir / "snapshots"
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's entry list is only durable once the directory is synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -104,16 +96,7 @@ def read_current(index_dir: Path) -> int | None:
 
 def _write_current(index_dir: Path, version: int) -> None:
     """The commit point of a snapshot: ``CURRENT`` names it, durably (temp file, fsync, rename, fsync dir)."""
-    tmp = index_dir / f".CURRENT.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(snapshot_name(version) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, index_dir / "CURRENT")
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_path(index_dir)
+    write_atomic(index_dir / "CURRENT", snapshot_name(version) + "\n")
 
 
 def clean_stale(index_dir: Path) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from index.errors import IndexCorruptError, StorageError, storage_error
+from model.core.files import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +114,6 @@ def read_segment(path: Path, start: int = 0, stop: int | None = None) -> Segment
     return Segment(path, records, pos, size)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sync(fd: int) -> None:
     sync = getattr(os, "fdatasync", None) or os.fsync  # looked up per call: tests replace it to inject faults
     sync(fd)
@@ -153,8 +146,8 @@ class LogWriter:
         try:
             writer._write_at(MAGIC, 0)
             _sync(fd)
-            fsync_dir(folder)
-            fsync_dir(folder.parent)
+            fsync_path(folder)
+            fsync_path(folder.parent)
         except OSError as exc:
             writer.close()
             path.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.settings import Settings
+from index import GalleryIndex
 from tests.app.conftest import png_bytes, running
 from tests.conftest import draw_shape
 
@@ -26,3 +27,18 @@ def test_changes_survive_restart(settings: Settings) -> None:
         hits = client.post("/v1/search", files={"image": ("q", upload)}, data={"k": "1"}).json()
         assert hits["results"][0]["id"] == added["id"] and hits["index_version"] == version
         assert client.get(added["image_url"]).status_code == 200
+
+
+def test_clean_shutdown_folds_the_log_into_a_new_base(settings: Settings) -> None:
+    upload = png_bytes(draw_shape("blue_triangles", np.random.default_rng(7), size=120))
+    with running(settings) as client:
+        added = client.post("/v1/gallery", files={"image": ("a.png", upload)}, data={"label": "late"})
+        assert added.status_code == 201, added.text
+        version = added.json()["index_version"]
+    gallery = GalleryIndex.open(settings.index)
+    try:
+        # The lifespan's shutdown compacted: the change is in the base, nothing is left to replay.
+        assert (gallery.version, gallery.base_version, gallery.pending) == (version, version, 0)
+        assert gallery.get(added.json()["id"]) is not None
+    finally:
+        gallery.close()

@@ -35,7 +35,8 @@ def visible(client: TestClient, query: bytes) -> tuple[object, ...]:
     listing = client.get("/v1/gallery", params={"limit": 500}).json()
     search = client.post("/v1/search", files={"image": ("q.png", query)}, data={"k": "5"})
     assert search.status_code == 200, search.text
-    hits = [(h["id"], round(h["distance"], 5)) for h in search.json()["results"]]
+    # Hit ids, not distances: the model's float sums may differ in the last bits between calls (threads).
+    hits = [h["id"] for h in search.json()["results"]]
     return [i["id"] for i in listing["items"]], listing["labels"], hits, search.json()["index_version"]
 
 
