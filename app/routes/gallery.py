@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from app.deps import FormRules, ItemId, ReadAccess, ServiceDep, WriteAccess, read_upload
 from app.errors import ServiceError, not_found
-from app.gallery_ops import add_item, relabel_item, remove_item, render_image, to_item
+from app.gallery_ops import add_item, refuse_a_second_label, relabel_item, remove_item, render_image, to_item
 from app.problems import error_responses
 from app.schemas import (
     AddItemResponse,
@@ -138,16 +138,9 @@ async def add(
 
 
 def _refuse_a_second_label(service: Service, data: bytes, label: str) -> None:
+    """Checked before embedding, to answer at once; add_item checks again under its lock."""
     known = service.index.id_for_sha(hashlib.sha256(data).hexdigest())
-    record = service.index.get(known) if known is not None else None
-    if record is not None and record.label != label:
-        raise ServiceError(
-            409,
-            "label_conflict",
-            f"This image is already item {record.id}, labelled {record.label!r}; relabel or delete that item "
-            f"instead of adding it again as {label!r}.",
-            extra={"existing": to_item(record).model_dump(mode="json")},
-        )
+    refuse_a_second_label(service.index.get(known) if known is not None else None, label)
 
 
 @router.patch(
