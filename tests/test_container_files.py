@@ -258,6 +258,13 @@ def test_env_example_names_are_real_settings() -> None:
     assert names <= settings_env_names() | UP_ONLY | compose_only
 
 
+def test_env_example_lists_every_setting() -> None:
+    """Every field of app/settings.py is in .env.example (a new setting without a line there is missed)."""
+    text = (ROOT / ".env.example").read_text()
+    names = set(re.findall(r"^#? ?(IMGSIM_[A-Z_]+)=", text, re.M))
+    assert sorted(settings_env_names() - names) == []
+
+
 def compose_commands() -> list[list[str]]:
     """Every `imgsim ...` the compose file runs or tells the reader to run (in its comments)."""
     text = COMPOSE.read_text()
