@@ -93,9 +93,13 @@ def test_request_id_is_read_or_made_echoed_and_logged(settings: Settings, caplog
         r = client.get("/v1/gallery/999999", headers={"X-Request-ID": "err-1"})  # errors carry it too
         assert (r.status_code, r.headers["x-request-id"]) == (404, "err-1")
         caplog.handler.addFilter(RequestIdFilter())  # as `imgsim` puts it on its handlers
-        with caplog.at_level(logging.ERROR, logger="app.request_id"):
-            client.app.state.runtime.service.index = None  # type: ignore[attr-defined]  # make the next one fail
-            r = client.get("/v1/gallery", headers={"X-Request-ID": "boom-7"})
+        service = client.app.state.runtime.service  # type: ignore[attr-defined]
+        index, service.index = service.index, None  # make the next one fail
+        try:
+            with caplog.at_level(logging.ERROR, logger="app.request_id"):
+                r = client.get("/v1/gallery", headers={"X-Request-ID": "boom-7"})
+        finally:
+            service.index = index  # the shutdown closes (and compacts) it
         assert r.status_code == 500 and r.headers["x-request-id"] == "boom-7"
         assert [rec.request_id for rec in caplog.records if rec.name == "app.request_id"] == ["boom-7"]  # type: ignore[attr-defined]
 
