@@ -233,20 +233,6 @@ def test_the_same_image_with_another_label_is_a_conflict_not_silence(
     assert client.get("/v1/gallery", params={"label": "poodle"}).json()["total"] == 0
 
 
-def test_a_second_label_is_refused_under_the_add_lock_too(
-    client: TestClient, gallery_files: list[Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two adds of one image with two labels race past the route's early check; the add itself refuses."""
-    import app.routes.gallery as gallery_routes
-
-    monkeypatch.setattr(gallery_routes, "_refuse_a_second_label", lambda *args: None)  # the race lost
-    photo = gallery_files[5]
-    r = client.post("/v1/gallery", files={"image": ("a.png", photo.read_bytes())}, data={"label": "poodle"})
-    body = r.json()
-    assert (r.status_code, body["code"], body["existing"]["label"]) == (409, "label_conflict", photo.parent.name)
-    assert client.get("/v1/gallery", params={"label": "poodle"}).json()["total"] == 0
-
-
 def test_patch_relabels_durably_and_then_the_image_can_be_added_under_its_new_label(
     settings: Settings, gallery_files: list[Path]
 ) -> None:
@@ -283,3 +269,17 @@ def test_patch_relabels_durably_and_then_the_image_can_be_added_under_its_new_la
         assert (r.status_code, problem_of(r)["code"]) == (404, "item_not_found")
     with running(write) as client:  # a new process: the relabel was durable
         assert client.get(f"/v1/gallery/{item}", headers={"X-API-Key": "r"}).json()["label"] == "beagle"
+
+
+def test_a_second_label_is_refused_under_the_add_lock_too(
+    client: TestClient, gallery_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two adds of one image with two labels race past the route's early check; the add itself refuses."""
+    import app.routes.gallery as gallery_routes
+
+    monkeypatch.setattr(gallery_routes, "_refuse_a_second_label", lambda *args: None)  # the race lost
+    photo = gallery_files[5]
+    r = client.post("/v1/gallery", files={"image": ("a.png", photo.read_bytes())}, data={"label": "poodle"})
+    body = r.json()
+    assert (r.status_code, body["code"], body["existing"]["label"]) == (409, "label_conflict", photo.parent.name)
+    assert client.get("/v1/gallery", params={"label": "poodle"}).json()["total"] == 0
