@@ -26,6 +26,7 @@ from PIL import Image
 from app.batching import Admission, BatcherClosedError, DynamicBatcher, QueueFullError
 from app.budget import MemoryBudget, OverBudgetError
 from app.errors import ServiceError, image_error, too_large
+from app.locations import model_checkpoint
 from app.media import shrink
 from app.prometheus import Metrics
 from app.schemas import ModelInfo, SearchHit
@@ -50,7 +51,8 @@ def _one_torch_thread() -> None:
 
 
 def load_embedder(settings: Settings) -> Embedder:
-    return Embedder(settings.checkpoint, device=settings.device, engine=settings.engine, max_pixels=settings.max_pixels)
+    checkpoint = model_checkpoint(settings)  # IMGSIM_CHECKPOINT, else the gallery's model, else RUN_DIR's
+    return Embedder(checkpoint, device=settings.device, engine=settings.engine, max_pixels=settings.max_pixels)
 
 
 def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
