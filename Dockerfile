@@ -66,7 +66,9 @@ RUN groupadd --system --gid 10001 imgsim \
 
 COPY --from=build /opt/venv /opt/venv
 
-# Defaults for `imgsim serve` (app/settings.py reads IMGSIM_*); docker-compose.yml and `docker run -e` override.
+# Defaults for every `imgsim` command (app/settings.py reads IMGSIM_*); docker-compose.yml and `docker run -e`
+# override. The model served is the one the gallery records, else /models/default/best.pt; without one, `serve`
+# exits naming IMGSIM_SETUP_COMMAND, the one-shot command that trains and indexes.
 # The device is auto: CUDA when the container sees a GPU (started with --gpus or a compose GPU reservation),
 # otherwise the CPU, with no change to the image.
 ENV PATH=/opt/venv/bin:$PATH \
@@ -77,16 +79,18 @@ ENV PATH=/opt/venv/bin:$PATH \
     IMGSIM_HOST=0.0.0.0 \
     IMGSIM_PORT=8000 \
     IMGSIM_DEVICE=auto \
-    IMGSIM_CHECKPOINT=/models/default/best.pt \
-    IMGSIM_INDEX=/indexes/default
+    IMGSIM_RUN_DIR=/models/default \
+    IMGSIM_INDEX=/indexes/default \
+    IMGSIM_SETUP_COMMAND="imgsim up --no-serve"
 
 USER 10001:10001
 WORKDIR /home/imgsim
 VOLUME ["/data", "/models", "/indexes"]
 EXPOSE 8000
 
-# curl is not in the image: Python's urllib raises (exit 1) on a refused connection or a non-2xx status.
+# Readiness, not liveness: a model that failed to load or a gallery still loading is unhealthy (503). curl is not
+# in the image: Python's urllib raises (exit 1) on a refused connection or a non-2xx status.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python3", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('IMGSIM_PORT', '8000'), timeout=4)"]
+    CMD ["python3", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('IMGSIM_PORT', '8000'), timeout=4)"]
 
 CMD ["imgsim", "serve"]

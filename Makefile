@@ -36,8 +36,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -e .
 	touch $@
 
-$(DEV_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[dev]'
+# The dev environment also installs the light client (clients/python, its own distribution) as CI would use it.
+$(DEV_STAMP): pyproject.toml clients/python/pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[dev]' -e clients/python
 	touch $@ $(STAMP)
 
 venv: $(STAMP)

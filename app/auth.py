@@ -1,4 +1,5 @@
-"""Optional API keys with read and write scopes, sent in the ``X-API-Key`` header.
+"""Optional API keys with read and write scopes, sent in the ``X-API-Key`` header or as
+``Authorization: Bearer <key>`` (the same keys; X-API-Key wins when both are sent).
 
 No keys configured: the API is open. Otherwise a missing or unknown key gets 401 (with ``WWW-Authenticate``)
 and a read key on a write route gets 403. Write keys also read. Health endpoints never ask; ``/metrics`` asks
@@ -16,7 +17,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Security
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import ServiceError, send_error
@@ -24,6 +25,8 @@ from app.settings import Settings, app_settings
 
 API_KEY_HEADER = "X-API-Key"
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="read or write API key")
+bearer = HTTPBearer(auto_error=False, description="the same API key as `Authorization: Bearer <key>`")
+CHALLENGE = {"WWW-Authenticate": f'APIKey header="{API_KEY_HEADER}", Bearer'}
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -38,9 +41,10 @@ def _matches(key: str, keys: list[str]) -> bool:
 def _check(settings: Settings, key: str | None, scope: str) -> None:
     if not settings.auth_enabled:
         return
-    challenge = {"WWW-Authenticate": f'APIKey header="{API_KEY_HEADER}"'}
+    challenge = CHALLENGE
     if not key:
-        raise ServiceError(401, "missing_api_key", f"Send an API key in the {API_KEY_HEADER} header.", challenge)
+        detail = f"Send an API key in the {API_KEY_HEADER} header (or as Authorization: Bearer <key>)."
+        raise ServiceError(401, "missing_api_key", detail, challenge)
     if _matches(key, settings.api_keys_write):
         return
     if _matches(key, settings.api_keys_read):
@@ -77,7 +81,7 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        key = headers.get(API_KEY_HEADER.lower().encode())
+        key = headers.get(API_KEY_HEADER.lower().encode()) or _bearer_token(headers.get(b"authorization"))
         try:
             _check(self.settings, key.decode("latin-1") if key is not None else None, needed)
         except ServiceError as err:
@@ -87,20 +91,33 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+def _bearer_token(value: bytes | None) -> bytes | None:
+    scheme, _, token = (value or b"").partition(b" ")
+    return token.strip() or None if scheme.lower() == b"bearer" else None
+
+
+ApiKey = Annotated[str | None, Security(api_key_header)]
+BearerKey = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+
+
+def _key(key: str | None, credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return key or (credentials.credentials if credentials else None)
+
+
 async def require_read(
-    settings: Annotated[Settings, Depends(app_settings)], key: Annotated[str | None, Security(api_key_header)]
+    settings: Annotated[Settings, Depends(app_settings)], key: ApiKey, credentials: BearerKey
 ) -> None:
-    _check(settings, key, "read")
+    _check(settings, _key(key, credentials), "read")
 
 
 async def require_write(
-    settings: Annotated[Settings, Depends(app_settings)], key: Annotated[str | None, Security(api_key_header)]
+    settings: Annotated[Settings, Depends(app_settings)], key: ApiKey, credentials: BearerKey
 ) -> None:
-    _check(settings, key, "write")
+    _check(settings, _key(key, credentials), "write")
 
 
 async def require_metrics(
-    settings: Annotated[Settings, Depends(app_settings)], key: Annotated[str | None, Security(api_key_header)]
+    settings: Annotated[Settings, Depends(app_settings)], key: ApiKey, credentials: BearerKey
 ) -> None:
     if not settings.metrics_public:
-        _check(settings, key, "read")
+        _check(settings, _key(key, credentials), "read")

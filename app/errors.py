@@ -1,9 +1,13 @@
-"""Domain errors and the one place that maps every error to JSON ``{"code": ..., "detail": ...}``."""
+"""Domain errors and the one place that maps every error to an RFC 9457 problem (``application/problem+json``):
+``{"type": "about:blank", "title": <the status's phrase>, "status": ..., "code": ..., "detail": ...}``, where
+``code`` is this API's stable, machine-readable reason and ``detail`` says what went wrong, for people."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,11 +46,19 @@ HTTP_CODES = {
 
 
 class ServiceError(Exception):
-    """An error the caller can act on: a status, a stable ``code`` and a human ``detail``."""
+    """An error the caller can act on: a status, a stable ``code``, a human ``detail``, and optionally more
+    members of the problem document (``extra``, e.g. the existing item of a conflict)."""
 
-    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(detail)
-        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+        self.status, self.code, self.detail, self.headers, self.extra = status, code, detail, headers, extra
 
 
 def not_found(item_id: int) -> ServiceError:
@@ -75,17 +87,39 @@ def index_conflict(exc: IndexConflictError) -> ServiceError:
     return ServiceError(409, "index_conflict", str(exc))
 
 
-def error_body(code: str, detail: str) -> dict[str, str]:
-    return {"code": code, "detail": detail}
+PROBLEM_JSON = "application/problem+json"
+
+
+def error_body(status: int, code: str, detail: str, extra: dict[str, object] | None = None) -> dict[str, object]:
+    """The problem document (RFC 9457) of an error answer; ``code`` is the extension member to branch on."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return {"type": "about:blank", "title": title, "status": status, "code": code, "detail": detail, **(extra or {})}
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    extra: dict[str, object] | None = None,
+) -> ProblemResponse:
+    return ProblemResponse(error_body(status, code, detail, extra), status_code=status, headers=headers)
 
 
 async def send_error(
     send: Send, status: int, code: str, detail: str, headers: dict[str, str] | None = None, close: bool = False
 ) -> None:
-    """The JSON error answer, sent from an ASGI middleware (before routing); ``close`` ends the connection, for
+    """The problem answer, sent from an ASGI middleware (before routing); ``close`` ends the connection, for
     a request whose body is left unread."""
-    body = json.dumps(error_body(code, detail)).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    body = json.dumps(error_body(status, code, detail)).encode()
+    raw = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     if close:
         raw.append((b"connection", b"close"))
@@ -104,35 +138,35 @@ def _validation_detail(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.detail), status_code=exc.status, headers=exc.headers)
+        return problem(exc.status, exc.code, exc.detail, exc.headers, exc.extra)
 
     @app.exception_handler(ImageError)
     async def _image(request: Request, exc: ImageError) -> JSONResponse:
         err = image_error(exc)
-        return JSONResponse(error_body(err.code, err.detail), status_code=err.status)
+        return problem(err.status, err.code, err.detail)
 
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError) -> JSONResponse:
         err = storage_failed(exc)
         log.error("%s %s: %s", request.method, request.url.path, err.detail)
-        return JSONResponse(error_body(err.code, err.detail), status_code=err.status, headers=err.headers)
+        return problem(err.status, err.code, err.detail, err.headers)
 
     @app.exception_handler(IndexConflictError)
     async def _conflict(request: Request, exc: IndexConflictError) -> JSONResponse:
         err = index_conflict(exc)
-        return JSONResponse(error_body(err.code, err.detail), status_code=err.status)
+        return problem(err.status, err.code, err.detail)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body("invalid_request", _validation_detail(exc)), status_code=422)
+        return problem(422, "invalid_request", _validation_detail(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return JSONResponse(error_body(code, detail), status_code=exc.status_code, headers=exc.headers)
+        return problem(exc.status_code, code, detail, exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "Unexpected server error."), status_code=500)
+        return problem(500, "internal_error", "Unexpected server error.")

@@ -24,12 +24,16 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from app.locations import DEFAULT_DATA, DOWNLOAD_MARKER
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "up_state.json"  # in RUN_DIR: what the last successful run indexed with this checkpoint
-DOWNLOAD_MARKER = ".imgsim-gallery"  # in the download folder: the gallery path of a finished download
-DEFAULT_DATA = (Path("../shared/data/dogs"),)
 
 
 class FirstRunError(RuntimeError):
@@ -260,13 +264,16 @@ def wait_until_healthy(url: str, stop: threading.Event, poll_s: float = 0.5) -> 
     return False
 
 
-def serve(prepared: Prepared, opts: UpOptions, on_ready: Callable[[str, str], None]) -> int:
+def serve(
+    prepared: Prepared, opts: UpOptions, on_ready: Callable[[str, str], None], base: Settings | None = None
+) -> int:
     """Run the service on what was prepared, in this thread (so Ctrl+C and SIGTERM reach uvicorn);
-    ``on_ready(page_url, docs_url)`` is called from a watcher thread once ``/readyz`` answers."""
+    ``on_ready(page_url, docs_url)`` is called from a watcher thread once ``/readyz`` answers. The other
+    settings are ``base`` (the command's), else read from the environment and ``.env``."""
     from app.serve_cli import serve as serve_app
     from app.settings import Settings
 
-    settings = Settings(**serve_settings(prepared, opts))  # type: ignore[arg-type]
+    settings = (base or Settings()).model_copy(update=serve_settings(prepared, opts))
     page, docs = public_urls(opts.host, opts.port)
     wildcard = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}
     probe_host = wildcard.get(opts.host, f"[{opts.host}]" if ":" in opts.host else opts.host)

@@ -47,6 +47,19 @@ def to_item(record: ItemRecord) -> GalleryItem:
     )
 
 
+def refuse_a_second_label(record: ItemRecord | None, label: str) -> None:
+    """An image has one label, changed by relabelling: the same image under another is 409 ``label_conflict``
+    with the existing item (silently keeping the old label hid the mistake)."""
+    if record is not None and record.label != label:
+        raise ServiceError(
+            409,
+            "label_conflict",
+            f"This image is already item {record.id}, labelled {record.label!r}; relabel or delete that item "
+            f"instead of adding it again as {label!r}.",
+            extra={"existing": to_item(record).model_dump(mode="json")},
+        )
+
+
 def add_item(
     service: Service, data: bytes, image: Image.Image, label: str, vector: np.ndarray
 ) -> tuple[ItemRecord, bool, int]:
@@ -56,7 +69,8 @@ def add_item(
     with _content_lock(sha):
         known = gi.id_for_sha(sha)
         record = gi.get(known) if known is not None else None
-        if record is not None:  # already there: nothing to write
+        if record is not None:  # already there: nothing to write, unless it asks for another label
+            refuse_a_second_label(record, label)  # again under the lock: a concurrent add may have won
             return record, False, gi.version
         gi.ensure_writer()  # media files are written only by the gallery's writer (the sweep relies on it)
         stored = shrink(image, service.settings.media_max_side)
@@ -97,6 +111,16 @@ def remove_item(service: Service, item_id: int) -> int:
             # Only after the removal is durable; media of the gallery folder is never touched.
             _discard(Path(gi.index_dir) / record.path)
     return done.version
+
+
+def relabel_item(service: Service, item_id: int, label: str) -> tuple[ItemRecord, int]:
+    """Give the item a new label, durably; returns (record, index version)."""
+    gi = service.index
+    done = gi.relabel(item_id, label)
+    record = gi.get(item_id) if done.ids else None
+    if record is None:
+        raise not_found(item_id)
+    return record, done.version
 
 
 def _discard(path: Path) -> None:

@@ -26,6 +26,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.errors import PROBLEM_JSON, error_body
+
 log = logging.getLogger(__name__)
 
 
@@ -44,9 +46,9 @@ def guarded_protocol(limits: EdgeLimits) -> type[HttpToolsProtocol]:
 
 
 def raw_response(status: int, reason: str, code: str, detail: str) -> bytes:
-    body = json.dumps({"code": code, "detail": detail}).encode()
+    body = json.dumps(error_body(status, code, detail)).encode()
     head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: {PROBLEM_JSON}\r\ncontent-length: {len(body)}\r\n"
         "connection: close\r\n"
     )
     if status == 503:

@@ -11,14 +11,18 @@ from contextlib import asynccontextmanager, suppress
 import faiss
 from anyio import to_thread
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from app.auth import ApiKeyMiddleware
 from app.deps import Runtime
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
+from app.problems import install_openapi
 from app.prometheus import MetricsMiddleware
-from app.routes import compare, gallery, health, page, search
+from app.request_id import RequestIdMiddleware
+from app.routes import compare, docs, gallery, health, model, page, search
+from app.routes.docs import SWAGGER_UI_DIR
 from app.routes.page import STATIC_DIR
 from app.service import Service, load_embedder, open_index
 from app.settings import Settings, get_settings
@@ -26,7 +30,13 @@ from app.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """Image similarity search for dog photos: compare two photos, find the nearest gallery
-images, and manage the gallery. Errors are JSON `{"code": ..., "detail": ...}` with a stable `code`."""
+images, and manage the gallery. Distances are Euclidean between unit-length embeddings (0..2): **lower
+distance = more similar**.
+
+Errors are RFC 9457 problems (`application/problem+json`) with a stable, machine-readable `code`:
+`{"type": "about:blank", "title": "Not Found", "status": 404, "code": "item_not_found", "detail": "..."}`.
+With API keys configured, send one as `X-API-Key: <key>` or `Authorization: Bearer <key>`. Every answer
+carries an `X-Request-ID` (yours, when you send a sane one), which the server's logs show too."""
 
 
 def _load(settings: Settings, runtime: Runtime) -> Service:
@@ -81,16 +91,34 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="imgsim", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs is served from the swagger-ui-bundle wheel (app.routes.docs), not from a CDN; no /redoc.
+    app = FastAPI(
+        title="imgsim", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings = settings or get_settings()
     body_cap = settings.max_body_bytes
     app.state.runtime = Runtime()
     install_error_handlers(app)
-    for router in (health.router, compare.router, search.router, gallery.router, page.router):
+    install_openapi(app)
+    routers = (health.router, model.router, compare.router, search.router, gallery.router, page.router, docs.router)
+    for router in routers:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # Outermost last: metrics see every answer; keys are checked before the body cap and before any body is read.
+    app.mount("/docs/assets", StaticFiles(directory=str(SWAGGER_UI_DIR)), name="docs-assets")
+    # Outermost last: the request id is on every answer and log line (and an unhandled error becomes a 500 problem
+    # there); metrics see every answer; CORS answers
+    # preflights (which carry no key) and labels refusals; keys are checked before the body cap and any body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=body_cap)
     app.add_middleware(ApiKeyMiddleware, settings=settings)
+    if settings.cors_origins:  # off by default: only the origins named may call the API from a browser
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "If-None-Match"],
+            expose_headers=["X-Request-ID", "Retry-After", "ETag"],
+            max_age=600,
+        )
     app.add_middleware(MetricsMiddleware, metrics=app.state.runtime.metrics)
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 HASH_EXAMPLE = "3f9a1c0e5b7d2a4c6e8f0a1b3c5d7e9f1a2b3c4d5e6f708192a3b4c5d6e7f809"
-
-
-class ErrorResponse(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "code": "unsupported_format",
-                    "detail": "Not a supported image. Only JPEG, PNG, WEBP, GIF, BMP are supported.",
-                }
-            ]
-        }
-    )
-    code: str = Field(description="stable, machine-readable error code")
-    detail: str = Field(description="what went wrong, for people")
 
 
 class ModelInfo(BaseModel):
@@ -73,6 +57,35 @@ class SearchHit(BaseModel):
     image_url: str = Field(examples=["/v1/gallery/17/image"])
 
 
+class ModelCard(ModelInfo):
+    """``GET /v1/model``: what is loaded, for callers that cache vectors or check compatibility."""
+
+    threshold: float = Field(description="distances below this are the same kind (calibrated at training)")
+    engine: str = Field(examples=["onnx"], description="the embedding engine: onnx or torch")
+    device: str = Field(examples=["cpu"])
+    distance: str = Field(
+        default="euclidean", description="Euclidean distance between unit-length embeddings, 0..2; lower = more similar"
+    )
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]] = Field(description="one unit-length vector per uploaded image, in upload order")
+    model: ModelInfo
+
+
+class VectorSearchRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"vector": [0.1, 0.2, 0.3], "k": 5}]})
+    vector: list[float] = Field(
+        min_length=1, max_length=4096, description="an embedding of this model (GET /v1/model: embedding_dim); "
+        "it is scaled to unit length"
+    )
+    k: int = Field(default=5, ge=1, le=100, description="number of results")
+    label: str | None = Field(default=None, max_length=200, description="only items with this label")
+    score_threshold: float | None = Field(
+        default=None, ge=0, le=2, description="only results at most this distance away (lower = more similar)"
+    )
+
+
 class SearchResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -93,15 +106,21 @@ class SearchResponse(BaseModel):
             ]
         }
     )
-    results: list[SearchHit]
+    results: list[SearchHit] = Field(description="nearest first (lower distance = more similar)")
     took_ms: float
     index_version: int
+    unknown_label: str | None = Field(
+        default=None, description="set when the `label` asked for names no item in the gallery (then no results)"
+    )
+    known_labels: list[str] | None = Field(default=None, description="with unknown_label: the labels there are")
 
 
 class BatchSearchResponse(BaseModel):
     queries: list[list[SearchHit]] = Field(description="one result list per uploaded image, in upload order")
     took_ms: float
     index_version: int
+    unknown_label: str | None = Field(default=None, description="as in SearchResponse")
+    known_labels: list[str] | None = Field(default=None, description="as in SearchResponse")
 
 
 class GalleryItem(BaseModel):
@@ -134,12 +153,22 @@ class AddItemResponse(GalleryItem):
     index_version: int
 
 
+class RelabelRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"label": "beagle"}]})
+    label: str = Field(min_length=1, max_length=200, description="the item's new label")
+
+
+class RelabelResponse(GalleryItem):
+    index_version: int = Field(description="the gallery version that holds the change (durable)")
+
+
 class GalleryPage(BaseModel):
     items: list[GalleryItem]
     total: int
     offset: int
     limit: int
     labels: dict[str, int] = Field(description="item count per label in the whole gallery")
+    unknown_label: str | None = Field(default=None, description="set when the `label` asked for names no item")
 
 
 class DeleteResponse(BaseModel):
@@ -154,19 +183,3 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     status: str = Field(examples=["ready"])
-
-
-ERROR_DESCRIPTIONS = {
-    401: "missing or unknown API key",
-    403: "the key may not do this (read key on a write route)",
-    404: "no such gallery item",
-    409: "another process changed the index on disk",
-    413: "upload larger than the cap",
-    415: "not a supported image format (the bytes are sniffed)",
-    422: "invalid request or unusable image (empty_image, image_too_large, corrupt_image, invalid_embedding)",
-    503: "not ready, draining, or the queue is full (overloaded); see Retry-After",
-}
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}

@@ -7,6 +7,7 @@ notice) uvicorn stops accepting, lets in-flight requests finish, runs the lifesp
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import threading
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from app.http_guard import EdgeLimits, guarded_protocol
+from app.locations import missing_model_message, model_checkpoint
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,15 @@ class DrainingServer(uvicorn.Server):
         timer.start()
 
 
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging with the request id on each access line (``app.request_id``)."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["filters"] = {"request_id": {"()": "app.request_id.RequestIdFilter"}}
+    config["loggers"]["uvicorn.access"]["filters"] = ["request_id"]
+    config["formatters"]["access"]["fmt"] += " request_id=%(request_id)s"
+    return config
+
+
 def uvicorn_config(app: Any, settings: Settings, log_level: str = "info") -> uvicorn.Config:
     """How ``imgsim serve`` runs ``app``: httptools with the edge limits of ``app.http_guard``."""
     limits = EdgeLimits(
@@ -58,6 +69,7 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str = "info") -> uvi
         http=guarded_protocol(limits),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         log_level=log_level,
+        log_config=log_config(),
         access_log=settings.access_log,
         timeout_graceful_shutdown=30,
         proxy_headers=False,
@@ -66,40 +78,40 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str = "info") -> uvi
 
 
 def serve(settings: Settings) -> int:
+    """Serve the checkpoint the settings resolve to (``app.locations.model_checkpoint``) with their gallery."""
     from app.main import create_app
 
-    if not Path(settings.checkpoint).is_file():
-        raise FileNotFoundError(
-            f"Checkpoint {settings.checkpoint} does not exist. Pass --checkpoint or set IMGSIM_CHECKPOINT."
-        )
+    checkpoint = model_checkpoint(settings)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(missing_model_message(checkpoint, settings))
+    settings = settings.model_copy(update={"checkpoint": checkpoint})
     DrainingServer(uvicorn_config(create_app(settings), settings), settings.drain_seconds).run()
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "host": args.host,
-            "port": args.port,
-            "checkpoint": args.checkpoint,
-            "index": args.index,
-            "device": args.device,
-        }.items()
-        if v is not None
-    }
-    return serve(Settings(**overrides))
+    from app.cli import command_settings
+
+    return serve(command_settings(args))  # the flags given, over IMGSIM_*, .env and the defaults
 
 
 def register(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
         help="serve the REST API and web page",
-        description="Serve the REST API and the web page. Options override IMGSIM_* environment variables.",
+        description="Serve the REST API and the web page. Options override IMGSIM_* environment variables, "
+        "which override .env. The model is --checkpoint, else the one the gallery records, else "
+        "runs/default/best.pt.",
     )
-    p.add_argument("--host", help="bind address (IMGSIM_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (IMGSIM_PORT, default 8000)")
-    p.add_argument("--checkpoint", type=Path, help="trained checkpoint (IMGSIM_CHECKPOINT)")
-    p.add_argument("--index", type=Path, help="gallery index folder, created empty if missing (IMGSIM_INDEX)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (IMGSIM_DEVICE)")
-    p.set_defaults(func=_run)
+    p.add_argument("--host", help="bind address (IMGSIM_HOST; default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (IMGSIM_PORT; default 8000)")
+    p.add_argument("--checkpoint", type=Path, help="trained checkpoint (IMGSIM_CHECKPOINT; default: the gallery's)")
+    p.add_argument(
+        "--index",
+        type=Path,
+        help="gallery index folder, created empty if missing (IMGSIM_INDEX; default indexes/default)",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (IMGSIM_DEVICE; default auto)")
+    p.add_argument("--engine", help="embedding engine: auto, onnx or torch (IMGSIM_ENGINE; default auto)")
+    # The settings are taken whole (serve resolves the checkpoint itself): only the flags given are applied.
+    p.set_defaults(func=_run, from_settings={k: k for k in ("host", "port", "checkpoint", "index", "device", "engine")})

@@ -26,6 +26,7 @@ from PIL import Image
 from app.batching import Admission, BatcherClosedError, DynamicBatcher, QueueFullError
 from app.budget import MemoryBudget, OverBudgetError
 from app.errors import ServiceError, image_error, too_large
+from app.locations import model_checkpoint
 from app.media import shrink
 from app.prometheus import Metrics
 from app.schemas import ModelInfo, SearchHit
@@ -55,11 +56,12 @@ def _one_torch_thread() -> None:
 def load_embedder(settings: Settings) -> Embedder:
     """The embedder of the settings; precision ``auto`` follows the gallery's (int8 stays int8, float stays
     float), so a gallery is never mixed with vectors of other numerics."""
+    checkpoint = model_checkpoint(settings)  # IMGSIM_CHECKPOINT, else the gallery's model, else RUN_DIR's
     precision = settings.precision
     if precision == "auto":
         precision = precision_for_gallery(recorded_precision(settings.index), resolve_device(settings.device))
     return Embedder(
-        settings.checkpoint,
+        checkpoint,
         device=settings.device,
         engine=settings.engine,
         max_pixels=settings.max_pixels,

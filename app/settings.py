@@ -1,4 +1,10 @@
-"""One settings object for the service: ``IMGSIM_*`` environment variables and ``.env``, built once."""
+"""One settings object for every command and the service: ``IMGSIM_*`` environment variables and ``.env``.
+
+Precedence, highest first: a command-line flag (passed to ``Settings(...)`` by ``app.cli``), an ``IMGSIM_*``
+environment variable, the ``.env`` file of the current folder, the default here. ``imgsim up``, ``serve``,
+``search``, ``compare``, ``eval``, ``index ...`` and the compose file all read the same names, so one
+``.env`` moves them all.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +22,19 @@ MiB = 1024 * 1024
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGSIM_", env_file=".env", extra="ignore")
 
-    checkpoint: Path = Field(default=Path("models/default/best.pt"), description="trained checkpoint (.pt)")
+    # Where things are: one default location for every command (what `make run` writes).
+    data_dir: Path | None = Field(
+        default=None, description="folder-per-class photos (None: ../shared/data/dogs if present, else a download)"
+    )
+    run_dir: Path = Field(default=Path("runs/default"), description="training run folder; best.pt inside")
+    checkpoint: Path | None = Field(
+        default=None, description="trained checkpoint (None: the one the gallery records, else RUN_DIR/best.pt)"
+    )
     index: Path = Field(default=Path("indexes/default"), description="gallery index folder; created empty if missing")
+    download_dir: Path = Field(default=Path("data/stanford-dogs"), description="where Stanford Dogs is downloaded")
+    train_args: str = Field(default="--mode frozen", description="extra `imgsim train` options of `imgsim up`")
+    # Named when the checkpoint is missing: the one-shot command that trains and indexes (compose: its setup job).
+    setup_command: str = Field(default="make run", description="the command that trains a model and indexes")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     engine: str = Field(default="auto", description="embedding engine: auto, onnx or torch")
     # auto: the gallery's own precision when it exists; for a new gallery int8 on the CPU (ONNX Runtime, when
@@ -50,7 +67,8 @@ class Settings(BaseSettings):
     queue_max: int = Field(default=128, ge=1, description="images waiting or being embedded; the excess gets 503")
     retry_after_s: int = Field(default=1, ge=0)
 
-    # Optional API keys (header X-API-Key, comma-separated lists); write keys also read. None: the API is open.
+    # Optional API keys (header X-API-Key or Authorization: Bearer, comma-separated lists); write keys also
+    # read. None: the API is open.
     api_keys_read: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_write: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # With keys set, /metrics asks for a read key too, unless this is true (a scraper without a key).
@@ -70,7 +88,16 @@ class Settings(BaseSettings):
     compact_max_age_s: float = Field(default=3600.0, gt=0, description="oldest logged change before compaction")
     drain_seconds: float = Field(default=1.0, ge=0, description="after SIGTERM, readiness is 503 this long before exit")
 
-    @field_validator("api_keys_read", "api_keys_write", mode="before")
+    # Browser origins allowed to call the API from their pages (CORS), comma-separated; none: CORS is off.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("data_dir", "checkpoint", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # IMGSIM_CHECKPOINT= in .env means "not set", not the current folder.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_keys_read", "api_keys_write", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

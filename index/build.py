@@ -164,7 +164,10 @@ def build_gallery_index(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if (out_dir / "CURRENT").exists():
-        raise ValueError(f"{out_dir} already holds an index. Use `imgsim index update`, or choose another --out.")
+        raise ValueError(
+            f"{out_dir} already holds an index. Add --replace to build a new one in its place, use "
+            "`imgsim index update` to embed only new photos, or choose another --index."
+        )
     gallery = scan_gallery(gallery_dir)
     root = gallery.root.resolve()
     embedder = make_embedder(checkpoint, device, precision=precision)

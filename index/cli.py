@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from index.build import add_files, build_gallery_index, make_embedder, update_gallery_index
+from index.build import BuildReport, UpdateReport, add_files, build_gallery_index, make_embedder, update_gallery_index
 from index.errors import IndexMismatchError
 from index.gallery import GalleryIndex
+from index.rebuild import rebuild_gallery_index
+
+INDEX_HELP = "gallery index folder (IMGSIM_INDEX; default indexes/default)"
+CHECKPOINT_HELP = "trained checkpoint (IMGSIM_CHECKPOINT; default: the one the index records)"
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (IMGSIM_DEVICE; default auto)"
+JSON_HELP = "print the result as one JSON object"
+# What `app.cli` fills from the settings when the option is left out (dest -> setting).
+FROM_SETTINGS = {"index": "index", "checkpoint": "checkpoint", "device": "device"}
 
 
 def register(subparsers: Any) -> None:
@@ -17,62 +26,90 @@ def register(subparsers: Any) -> None:
     sub = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
 
     p = sub.add_parser("build", help="embed a folder-per-class gallery into a new index")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--gallery", required=True)
-    p.add_argument("--out", required=True, help="index folder to create")
+    p.add_argument(
+        "--checkpoint", help="trained checkpoint (IMGSIM_CHECKPOINT; default IMGSIM_RUN_DIR/best.pt, runs/default)"
+    )
+    p.add_argument(
+        "--data",
+        "--gallery",
+        help="folder-per-class photos (IMGSIM_DATA_DIR; default ../shared/data/dogs; --gallery: old)",
+    )
+    p.add_argument(
+        "--index", "--out", help="index folder to create (IMGSIM_INDEX; default indexes/default; --out: old)"
+    )
     p.add_argument("--factory", default=None, help="FAISS factory string (default: chosen from the size)")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="the index exists: build a new one beside it (uploads carried over, new ids), then swap it in",
+    )
     _embedding_options(p)
-    p.set_defaults(func=cmd_build)
+    p.set_defaults(
+        func=cmd_build,
+        from_settings={"index": "index", "checkpoint": "trained_checkpoint", "data": "photos", "device": "device"},
+        input_files=("checkpoint", "data"),
+    )
 
     p = sub.add_parser("add", help="embed and add files, or folders")
-    p.add_argument("--index", required=True)
-    p.add_argument("--checkpoint", default=None, help="default: the one recorded in the index")
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--label", default=None, help="label for every file (without it a folder is per-class)")
-    p.add_argument("paths", nargs="+", metavar="FILES_OR_FOLDER")
+    p.add_argument("paths", nargs="+", metavar="FILES_OR_FOLDER", help="images, or folder-per-class folders")
     _embedding_options(p)
-    p.set_defaults(func=cmd_add)
+    p.set_defaults(func=cmd_add, from_settings=FROM_SETTINGS, input_files=("index", "paths", "checkpoint"))
 
     p = sub.add_parser("remove", help="remove items by id")
-    p.add_argument("--index", required=True)
-    p.add_argument("ids", nargs="+", type=int)
-    p.set_defaults(func=cmd_remove)
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("ids", nargs="+", type=int, help="ids of the items to remove")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_remove, from_settings={"index": "index"}, input_files=("index",))
 
     p = sub.add_parser("relabel", help="give an item a new label")
-    p.add_argument("--index", required=True)
-    p.add_argument("id", type=int)
-    p.add_argument("label")
-    p.set_defaults(func=cmd_relabel)
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("id", type=int, help="the item's id")
+    p.add_argument("label", help="its new label")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_relabel, from_settings={"index": "index"}, input_files=("index",))
 
     p = sub.add_parser("compact", help="fold the log into a new base snapshot now")
-    p.add_argument("--index", required=True)
-    p.set_defaults(func=cmd_compact)
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_compact, from_settings={"index": "index"}, input_files=("index",))
 
     p = sub.add_parser("update", help="embed new or changed gallery files, drop the ones gone")
-    p.add_argument("--index", required=True)
-    p.add_argument("--checkpoint", default=None, help="default: the one recorded in the index")
-    p.add_argument("--gallery", default=None, help="default: the gallery the index was built from")
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--data", "--gallery", help="folder-per-class photos (default: the folder the index was built from)")
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="embed everything again (needed when --checkpoint is another model than the index's): a new index "
+        "is built beside the old one, uploads carried over, then swapped in",
+    )
     _embedding_options(p)
-    p.set_defaults(func=cmd_update)
+    p.set_defaults(func=cmd_update, from_settings=FROM_SETTINGS, input_files=("index", "data", "checkpoint"))
 
     p = sub.add_parser("info", help="print the manifest and label counts")
-    p.add_argument("--index", required=True)
-    p.set_defaults(func=cmd_info)
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_info, from_settings={"index": "index"}, input_files=("index",))
 
     p = subparsers.add_parser("search", help="find the gallery images most similar to IMAGE")
-    p.add_argument("--index", required=True)
-    p.add_argument("--checkpoint", default=None, help="default: the one recorded in the index")
-    p.add_argument("image")
-    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("image", help="the query photo")
+    p.add_argument("-k", "--k", type=int, default=5, help="number of results (%(default)s)")
     p.add_argument("--label", default=None, help="search only this label")
     p.add_argument("--montage", default=None, help="save the query beside its neighbours to this image")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_search)
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_search, from_settings=FROM_SETTINGS, input_files=("index", "image", "checkpoint"))
 
 
 def _embedding_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (%(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="processes decoding images (%(default)s)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument(
         "--precision",
         default="auto",
@@ -80,6 +117,11 @@ def _embedding_options(p: argparse.ArgumentParser) -> None:
         help="auto: an existing gallery's own; for a new one int8 on the CPU (when the model quantises well), "
         "fp16 on CUDA",
     )
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _print_report(report: BuildReport | UpdateReport, as_json: bool) -> None:
+    print(json.dumps(asdict(report), default=str) if as_json else report.summary())
 
 
 def _recorded_checkpoint(index_dir: str, given: str | None) -> str:
@@ -92,17 +134,20 @@ def _recorded_checkpoint(index_dir: str, given: str | None) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    report = build_gallery_index(
+    if args.data is None:
+        raise ValueError("Which photos? Pass --data (or set IMGSIM_DATA_DIR): one subfolder of images per class.")
+    build = rebuild_gallery_index if args.replace else build_gallery_index
+    report = build(
         args.checkpoint,
-        args.gallery,
-        args.out,
+        args.data,
+        args.index,
         factory=args.factory,
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=args.device,
         precision=args.precision,
     )
-    print(report.summary())
+    _print_report(report, args.json)
     return 0
 
 
@@ -117,8 +162,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
     )
-    print(report.summary())
-    print("ids:", " ".join(map(str, report.ids)))
+    _print_report(report, args.json)
+    if not args.json:
+        print("ids:", " ".join(map(str, report.ids)))
     return 0
 
 
@@ -127,6 +173,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
         removed = gi.remove(args.ids)
         version = gi.version
     unknown = sorted(set(args.ids) - set(removed))
+    if args.json:
+        print(json.dumps({"removed": removed, "unknown": unknown, "version": version}))
+        return 0
     print(
         f"removed {len(removed)} items from {args.index} (version {version})"
         + (f"; unknown ids ignored: {' '.join(map(str, unknown))}" if unknown else "")
@@ -142,7 +191,10 @@ def cmd_relabel(args: argparse.Namespace) -> int:
         done = gi.relabel(args.id, label)
     if not done.ids:
         raise ValueError(f"No item with id {args.id} in {args.index}.")
-    print(f"item {args.id} of {args.index} is labelled {label!r} (version {done.version})")
+    if args.json:
+        print(json.dumps({"id": args.id, "label": label, "version": done.version}))
+    else:
+        print(f"item {args.id} of {args.index} is labelled {label!r} (version {done.version})")
     return 0
 
 
@@ -150,33 +202,49 @@ def cmd_compact(args: argparse.Namespace) -> int:
     with GalleryIndex.open(args.index) as gi:
         pending = gi.pending
         version = gi.compact()
-    print(f"{args.index}: base version {version} ({pending} changes folded in from the log)")
+    if args.json:
+        print(json.dumps({"base_version": version, "folded": pending}))
+    else:
+        print(f"{args.index}: base version {version} ({pending} changes folded in from the log)")
     return 0
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    gallery = args.gallery or GalleryIndex.open(args.index).gallery_root
+    gallery = args.data or GalleryIndex.open(args.index).gallery_root
     if gallery is None:
-        raise ValueError(f"{args.index} records no gallery folder; pass --gallery.")
-    report = update_gallery_index(
-        _recorded_checkpoint(args.index, args.checkpoint),
-        gallery,
-        args.index,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-        precision=args.precision,
-    )
-    print(report.summary())
+        raise ValueError(f"{args.index} records no gallery folder; pass --data.")
+    checkpoint = _recorded_checkpoint(args.index, args.checkpoint)
+    options = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
+    if args.rebuild:
+        report: BuildReport | UpdateReport = rebuild_gallery_index(
+            checkpoint, gallery, args.index, precision=args.precision, **options
+        )
+    else:
+        try:
+            report = update_gallery_index(checkpoint, gallery, args.index, precision=args.precision, **options)
+        except IndexMismatchError as exc:
+            raise IndexMismatchError(
+                f"{args.index} holds vectors that cannot be mixed with {checkpoint}'s ({exc}). "
+                "Add --rebuild to embed everything again with it."
+            ) from exc
+    _print_report(report, args.json)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    print(json.dumps(GalleryIndex.open(args.index).info(), indent=2))
+    info = GalleryIndex.open(args.index).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(map(len, info))
+    for key, value in info.items():
+        shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value
+        print(f"{key:<{width}}  {shown}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    image = Path(args.image)
     gi = GalleryIndex.open(args.index)
     checkpoint = args.checkpoint or _recorded_checkpoint(args.index, None)
     embedder = make_embedder(checkpoint, args.device, index_dir=args.index)  # the gallery's precision
@@ -185,19 +253,32 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"Index {args.index} was built by model {gi.model_hash[:12]}, not by this checkpoint "
             f"({embedder.checkpoint.hash[:12]}). Rebuild it with `imgsim index build`."
         )
-    image = Path(args.image)
-    if not image.is_file():
-        raise FileNotFoundError(f"{image} does not exist.")
     result = embedder.embed_files([image], num_workers=0, progress=False)
     if result.failures:
         raise ValueError(f"{image}: {result.failures[0]}")
     hits = gi.search(result.embeddings, args.k, label=args.label)[0]
-    print(f"{'rank':>4}  {'id':>7}  {'distance':>8}  {'cosine':>7}  {'label':<20}  path")
-    for rank, hit in enumerate(hits, 1):
-        print(f"{rank:>4}  {hit.id:>7}  {hit.distance:>8.4f}  {hit.similarity:>7.4f}  {hit.label:<20}  {hit.path}")
+    montage = None
     if args.montage:
         from index.montage import save_montage
 
-        out = save_montage(image, hits, [gi.image_path(h.id) for h in hits], args.montage)
-        print(f"montage saved to {out}")
+        montage = save_montage(image, hits, [gi.image_path(h.id) for h in hits], args.montage)
+    if args.json:
+        rows = [
+            {
+                "rank": r,
+                "id": h.id,
+                "distance": h.distance,
+                "similarity": h.similarity,
+                "label": h.label,
+                "path": h.path,
+            }
+            for r, h in enumerate(hits, 1)
+        ]
+        print(json.dumps({"results": rows, "montage": str(montage) if montage else None}))
+        return 0
+    print(f"{'rank':>4}  {'id':>7}  {'distance':>8}  {'cosine':>7}  {'label':<20}  path")
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank:>4}  {hit.id:>7}  {hit.distance:>8.4f}  {hit.similarity:>7.4f}  {hit.label:<20}  {hit.path}")
+    if montage:
+        print(f"montage saved to {montage}")
     return 0

@@ -178,7 +178,10 @@ class Store:
         if self.closed:
             return
         if compact and self.log is not None and self.view.version != self.view.base.version:
-            compactor.compact(self)
+            try:
+                compactor.compact(self)
+            except StorageError as exc:  # folding in is an optimisation: the log still holds every change
+                log.warning("%s: compaction on close failed, the log is kept (replayed on open): %s", self.dir, exc)
         for thread in list(self.threads):
             thread.join()
         with self.mutex:

@@ -121,7 +121,8 @@ def test_copied_paths_exist_and_pass_the_dockerignore_allow_list() -> None:
 def test_environment_names_are_real_settings() -> None:
     env_lines = [v for k, v in instructions(DOCKERFILE.read_text()) if k == "ENV"]
     names = set(re.findall(r"\b(IMGSIM_[A-Z_]+)=", " ".join(env_lines)))
-    assert {"IMGSIM_CHECKPOINT", "IMGSIM_INDEX", "IMGSIM_DEVICE", "IMGSIM_HOST", "IMGSIM_PORT"} <= names
+    expected = {"IMGSIM_RUN_DIR", "IMGSIM_INDEX", "IMGSIM_SETUP_COMMAND", "IMGSIM_DEVICE", "IMGSIM_HOST", "IMGSIM_PORT"}
+    assert expected <= names
     assert names <= settings_env_names() | UP_ONLY
 
 
@@ -132,7 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
     status = 200
 
     def do_GET(self) -> None:
-        code = self.status if self.path == "/healthz" else 404
+        # Liveness always answers; readiness is what the health check must follow.
+        code = {"/healthz": 200, "/readyz": self.status}.get(self.path, 404)
         self.send_response(code)
         self.end_headers()
         self.wfile.write(b"{}")
@@ -161,12 +163,12 @@ def healthcheck_commands() -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("source", ["Dockerfile", "compose"])
-def test_healthcheck_is_healthy_only_when_healthz_answers_200(
+def test_healthcheck_is_healthy_only_when_readyz_answers_200(
     source: str, health_server: tuple[ThreadingHTTPServer, type[_Handler]]
 ) -> None:
     server, handler = health_server
     command = healthcheck_commands()[source]
-    assert command[0] == "python3" and "/healthz" in command[-1]
+    assert command[0] == "python3" and "/readyz" in command[-1]
     argv = [sys.executable, *command[1:]]
 
     def check(port: int) -> int:
@@ -175,7 +177,7 @@ def test_healthcheck_is_healthy_only_when_healthz_answers_200(
 
     port = server.server_address[1]
     assert check(port) == 0
-    handler.status = 503  # loading or draining: unhealthy
+    handler.status = 503  # loading, failed to load, or draining: unhealthy though /healthz answers 200
     assert check(port) != 0
     free = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     closed_port = free.server_address[1]
@@ -220,6 +222,28 @@ def test_cpu_profile_is_the_same_service_without_the_gpu_reservation() -> None:
     }
 
 
+def test_setup_has_a_cpu_twin_and_training_services_have_shared_memory() -> None:
+    services = compose()["services"]
+    setup, cpu = services["setup"], services["setup-cpu"]
+    assert "deploy" in setup and "deploy" not in cpu and cpu["environment"]["IMGSIM_DEVICE"] == "cpu"
+    assert setup["command"] == cpu["command"] == ["imgsim", "up", "--no-serve"]
+    assert {k: v for k, v in setup.items() if k not in ("deploy", "environment")} == {
+        k: v for k, v in cpu.items() if k != "environment"
+    }
+    for name in ("api", "api-cpu", "setup", "setup-cpu"):  # `imgsim train` runs in each
+        size = services[name]["shm_size"]
+        assert size.endswith("gb") and float(size[:-2]) >= 1, name
+    hint = services["api"]["environment"]["IMGSIM_SETUP_COMMAND"]
+    assert "docker compose run --rm setup" in hint and "setup-cpu" in hint
+    env = services["setup"]["environment"]
+    # The defaults every command resolves: what setup writes is what serve loads.
+    assert (env["IMGSIM_RUN_DIR"], env["IMGSIM_INDEX"], env["IMGSIM_DATA_DIR"]) == (
+        "/models/default",
+        "/indexes/default",
+        "/data/dogs",
+    )
+
+
 def test_compose_environment_names_are_real_settings() -> None:
     for name, service in compose()["services"].items():
         names = set(service["environment"])
@@ -232,6 +256,13 @@ def test_env_example_names_are_real_settings() -> None:
     compose_only = set(re.findall(r"\$\{(IMGSIM_[A-Z_]+)", COMPOSE.read_text())) - settings_env_names()
     assert {"IMGSIM_DATA_DIR", "IMGSIM_DEVICE", "IMGSIM_API_KEYS_READ", "IMGSIM_PUBLISH_PORT"} <= names
     assert names <= settings_env_names() | UP_ONLY | compose_only
+
+
+def test_env_example_lists_every_setting() -> None:
+    """Every field of app/settings.py is in .env.example (a new setting without a line there is missed)."""
+    text = (ROOT / ".env.example").read_text()
+    names = set(re.findall(r"^#? ?(IMGSIM_[A-Z_]+)=", text, re.M))
+    assert sorted(settings_env_names() - names) == []
 
 
 def compose_commands() -> list[list[str]]:
@@ -294,6 +325,6 @@ def docs_commands() -> list[list[str]]:
 def test_every_command_in_the_deploy_guide_is_a_real_imgsim_command() -> None:
     commands = docs_commands()
     subcommands = {c[1] for c in commands}
-    assert {"up", "data", "train", "index", "serve"} <= subcommands
+    assert {"up", "train", "index", "serve"} <= subcommands
     for command in commands:
         parses_as_imgsim(command)

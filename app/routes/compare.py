@@ -8,7 +8,8 @@ from fastapi import APIRouter, File, UploadFile
 
 from app.deps import ReadAccess, ServiceDep, read_upload
 from app.errors import ServiceError
-from app.schemas import CompareResponse, error_responses
+from app.problems import error_responses
+from app.schemas import CompareResponse
 from model.inference.compare import compare as compare_embeddings
 
 router = APIRouter(prefix="/v1", tags=["compare"], dependencies=[ReadAccess])

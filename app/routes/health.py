@@ -7,7 +7,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import MetricsAccess, RuntimeDep
 from app.errors import ServiceError
-from app.schemas import Health, Ready, error_responses
+from app.problems import error_responses
+from app.schemas import Health, Ready
 
 router = APIRouter(tags=["health"])
 
@@ -37,7 +38,7 @@ async def readyz(runtime: RuntimeDep) -> Ready:
     response_class=Response,
     dependencies=[MetricsAccess],
     summary="Prometheus metrics (a read key when keys are set, unless IMGSIM_METRICS_PUBLIC)",
-    responses={200: {"content": {"text/plain": {}}}, **error_responses(401)},
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **error_responses(401)},
 )
 async def metrics(runtime: RuntimeDep) -> Response:
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,7 +10,7 @@ import numpy as np
 
 from model.core.checkpoint import load_checkpoint
 from model.core.device import resolve_device
-from model.core.images import load_image
+from model.core.images import ImageError, load_image, probe
 from model.data.galleries import scan_gallery, select_items
 from model.evaluation.evaluate import EvalResult, EvalSet, evaluate_sets
 from model.evaluation.metrics import calibrate_threshold, roc_curve
@@ -154,15 +154,30 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def read_checked(path: str | Path) -> bytes:
+    """The file's bytes once its header passed the checks every decode makes; errors name the file."""
+    try:
+        data = Path(path).read_bytes()
+        probe(data)
+    except ImageError as exc:
+        raise ValueError(f"{path}: {exc.code}: {exc.detail}") from exc
+    except OSError as exc:
+        raise FileNotFoundError(f"{path}: {exc.strerror or exc}") from exc
+    return data
+
+
 def compare_images(
     image1: str | Path, image2: str | Path, checkpoint: str | Path, device: str = "auto", precision: str = "auto"
 ) -> Comparison:
     """``imgsim compare``: the verdict ``POST /v1/compare`` gives on the same two files. Each is decoded and
     cropped as the service and the index do (JPEG ``draft`` at the preset's resize size), both are embedded
     in one batch, and :func:`model.inference.compare.compare` gives the answer."""
+    uploads = [read_checked(p) for p in (image1, image2)]  # a bad file is named before the model loads
     embedder = Embedder(checkpoint, device=device, precision=precision)
-    a, b = embedder.embed_uploads([Path(p).read_bytes() for p in (image1, image2)])
+    a, b = embedder.embed_uploads(uploads)
     for path, row in ((image1, a), (image2, b)):
+        if isinstance(row, ImageError):
+            raise ValueError(f"{path}: {row.code}: {row.detail}") from row
         if isinstance(row, Exception):
             raise ValueError(f"{path}: {row}") from row
     assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)

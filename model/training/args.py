@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from model.core.backbones import BACKBONES, INPUT_NORMS
 from model.core.network import HEADS
@@ -17,13 +18,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description="Train the Siamese embedder with a metric-learning loss (by default the article's contrastive).",
         add_help=add_help,
     )
-    p.add_argument("--data", required=True, help="folder-per-class gallery to train on")
-    p.add_argument("--out", required=True, help="run directory: checkpoints, loss.png, metrics.json")
+    # --data and --run-dir are required here; `imgsim train` fills them from IMGSIM_DATA_DIR / IMGSIM_RUN_DIR.
+    p.add_argument("--data", "--gallery", help="folder-per-class photos to train on (--gallery: old spelling)")
+    p.add_argument(
+        "--run-dir",
+        "--out",
+        dest="out",
+        help="run folder: best.pt, last.pt, loss.png, metrics.json (--out: old spelling)",
+    )
     p.add_argument("--backbone", default="efficientnet-lite0", help=", ".join(BACKBONES))
-    p.add_argument("--embedding-dim", type=int, default=256)
-    p.add_argument("--head", default="anchored", choices=HEADS)
+    p.add_argument("--embedding-dim", type=int, default=256, help="length of the embedding (%(default)s)")
+    p.add_argument("--head", default="anchored", choices=HEADS, help="embedding head (%(default)s)")
     p.add_argument("--loss", default="contrastive", choices=LOSSES, help="contrastive (the article's) or triplet")
-    p.add_argument("--hidden-dim", type=int, default=1024)
+    p.add_argument("--hidden-dim", type=int, default=1024, help="hidden width of the head's MLP (%(default)s)")
     p.add_argument(
         "--learned-weight",
         type=float,
@@ -48,8 +55,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "imagenet: ImageNet mean/std for every backbone (checkpoints before this option)",
     )
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (seed-cnn always is)")
-    p.add_argument("--mode", default="frozen", choices=MODES)
-    p.add_argument("--sampler", default="class-balanced", choices=SAMPLERS)
+    p.add_argument(
+        "--mode",
+        default="frozen",
+        choices=MODES,
+        help="frozen: train the head on cached backbone features; finetune: all",
+    )
+    p.add_argument("--sampler", default="class-balanced", choices=SAMPLERS, help="how batches are drawn (%(default)s)")
     p.add_argument("--m-per-class", type=int, default=8, help="class-balanced: images of each class per batch")
     p.add_argument("--classes-per-batch", type=int, default=16, help="class-balanced: classes per batch")
     p.add_argument("--pairs-per-class", type=int, default=200, help="article: similar and dissimilar pairs per class")
@@ -67,12 +79,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="weight of a term keeping the batch's similarities close to the frozen backbone's (for the residual "
         "and mlp heads; the anchored head keeps the backbone's geometry by construction)",
     )
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (%(default)s)")
     p.add_argument("--backbone-lr-scale", type=float, default=0.1, help="finetune: backbone lr = lr × this")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (%(default)s)")
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps with a linear warm-up")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=4, help="at most this many epochs (%(default)s)")
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the training images")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     p.add_argument("--val-fraction", type=float, default=0.2, help="closed set: share of each class held out")
@@ -85,17 +97,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--open-classes", default="", help="comma-separated classes held out whole (open set)")
     p.add_argument("--num-open-classes", type=int, default=0, help="or: this many classes drawn with --seed")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits, sampling and initialisation")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
     p.add_argument("--cache-dir", default=None, help="where frozen-mode features are cached (default RUN_DIR/cache)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
 def check_args(args: argparse.Namespace) -> None:
+    if not args.data or not args.out:
+        missing = "--data" if not args.data else "--run-dir"
+        raise ValueError(f"{missing} is required: the folder-per-class photos (--data) and the run folder (--run-dir).")
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"{args.data}: no such folder (--data: one subfolder of images per class).")
+    args.device = args.device or "auto"
     if args.mode == "frozen" and args.backbone == "seed-cnn":
         raise ValueError(
             "--mode frozen needs a pretrained backbone; seed-cnn trains from scratch: use --mode finetune."

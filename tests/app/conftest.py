@@ -79,6 +79,22 @@ def settings(tiny_checkpoint: Path, index_dir: Path) -> Settings:
     )  # type: ignore[call-arg]
 
 
+def problem_of(r: httpx.Response) -> dict[str, str]:
+    """The ``{code, detail}`` of an error answer, once its RFC 9457 problem document (media type, type, title,
+    status) is checked: tests then compare whole bodies with that."""
+    from http import HTTPStatus
+
+    assert r.headers["content-type"] == "application/problem+json", r.headers
+    body = r.json()
+    assert body.keys() == {"type", "title", "status", "code", "detail"}, body
+    assert (body["type"], body["title"], body["status"]) == (
+        "about:blank",
+        HTTPStatus(r.status_code).phrase,
+        r.status_code,
+    )
+    return {"code": body["code"], "detail": body["detail"]}
+
+
 def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -124,14 +140,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
+def live_server(settings: Settings, log_level: str = "warning") -> Iterator[str]:
     """The app under a real uvicorn in a thread, configured as ``imgsim serve`` does (the HTTP edge limits of
     app.http_guard included), on a free loopback port; yields its base URL."""
     import uvicorn
 
     port = free_port()
     settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level=log_level))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -8,7 +8,7 @@ import pytest
 from app.auth import require_metrics, require_read, require_write, required_scope
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import png_bytes, running
+from tests.app.conftest import png_bytes, problem_of, running
 from tests.app.test_endpoints import _api_routes, _dependency_calls
 from tests.conftest import draw_shape
 
@@ -21,18 +21,22 @@ def test_keys_and_scopes(settings: Settings) -> None:
         for path in ("/healthz", "/readyz", "/", "/static/app.js"):
             assert client.get(path).status_code == 200, path
         r = client.post("/v1/search", files={"image": ("a", IMAGE)})
-        assert r.status_code == 401 and r.headers["www-authenticate"] == 'APIKey header="X-API-Key"'
-        assert r.json() == {"code": "missing_api_key", "detail": "Send an API key in the X-API-Key header."}
+        assert r.status_code == 401 and r.headers["www-authenticate"] == 'APIKey header="X-API-Key", Bearer'
+        assert problem_of(r) == {
+            "code": "missing_api_key",
+            "detail": "Send an API key in the X-API-Key header (or as Authorization: Bearer <key>).",
+        }
         r = client.get("/v1/gallery", headers={"X-API-Key": "read-2"})
-        assert r.status_code == 401 and r.json() == {"code": "invalid_api_key", "detail": "The API key is not valid."}
+        invalid = {"code": "invalid_api_key", "detail": "The API key is not valid."}
+        assert r.status_code == 401 and problem_of(r) == invalid
         read, write = {"X-API-Key": "read-1"}, {"X-API-Key": "write-1"}
         assert client.post("/v1/search", files={"image": ("a", IMAGE)}, headers=read).status_code == 200
         assert client.get("/v1/gallery", headers=read).json()["total"] == 48
         forbidden = {"code": "insufficient_scope", "detail": "This key may read but not change the gallery."}
         r = client.post("/v1/gallery", files={"image": ("a", IMAGE)}, data={"label": "x"}, headers=read)
-        assert (r.status_code, r.json()) == (403, forbidden)
+        assert (r.status_code, problem_of(r)) == (403, forbidden)
         r = client.delete("/v1/gallery/0", headers=read)
-        assert (r.status_code, r.json()) == (403, forbidden)
+        assert (r.status_code, problem_of(r)) == (403, forbidden)
         assert client.get("/v1/gallery", headers=write).status_code == 200  # write keys also read
         r = client.post("/v1/gallery", files={"image": ("a", IMAGE)}, data={"label": "x"}, headers=write)
         assert r.status_code == 201, r.text

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from app.settings import Settings
-from tests.app.conftest import live_server
+from tests.app.conftest import live_server, png_bytes
+from tests.conftest import draw_shape
 
 CHROMIUM = Path("/usr/bin/chromium")
 DRIVER = Path("/usr/bin/chromedriver")
@@ -28,8 +30,7 @@ pytestmark = [
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+def start_chromium(*extra: str) -> Any:
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
@@ -47,15 +48,38 @@ def browser() -> Iterator[Any]:
         "--disable-dev-shm-usage",
         f"--user-data-dir={profile}",
         "--window-size=1200,900",
+        *extra,
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
     driver.set_page_load_timeout(30)
+    driver.imgsim_profile = profile
+    return driver
+
+
+def stop_chromium(driver: Any) -> None:
+    driver.quit()
+    shutil.rmtree(driver.imgsim_profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    driver = start_chromium()
     try:
         yield driver
     finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        stop_chromium(driver)
+
+
+@pytest.fixture
+def offline_browser() -> Iterator[Any]:
+    """Chromium with no network but loopback: every other host name fails to resolve (as on a machine
+    without internet), so a page that needs a CDN shows it."""
+    driver = start_chromium("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
+    try:
+        yield driver
+    finally:
+        stop_chromium(driver)
 
 
 def test_page_search_and_compare(settings: Settings, gallery_files: list[Path], browser: Any) -> None:
@@ -101,3 +125,76 @@ def test_page_search_and_compare(settings: Settings, gallery_files: list[Path], 
         wait.until(lambda d: f"dissimilarity {truth['dissimilarity']:.3f}" in d.find_element(By.ID, "verdict").text)
         text = driver.find_element(By.ID, "verdict").text
         assert text.startswith("Same kind of dog" if truth["same"] else "Different dogs")
+
+
+def test_view_large_more_like_this_label_filter_and_add(
+    settings: Settings, gallery_files: list[Path], tmp_path: Path, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = browser
+    secured = settings.model_copy(update={"api_keys_read": ["r1"], "api_keys_write": ["w1"]})
+    query = gallery_files[15]
+    with live_server(secured) as base:
+        driver.get(base + "/")
+        wait = WebDriverWait(driver, 30)
+        assert "lower distance = more similar" in driver.find_element(By.TAG_NAME, "body").text
+        icon = driver.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute("href")
+        assert httpx.get(icon).headers["content-type"] == "image/svg+xml"
+        key = driver.find_element(By.ID, "api-key")
+        key.send_keys("w1")
+        key.send_keys("\t")  # change event: the labels load with the key
+        wait.until(lambda d: len(Select(d.find_element(By.ID, "label")).options) == 5)
+        Select(driver.find_element(By.ID, "label")).select_by_value("green_squares")
+        driver.find_element(By.ID, "k").send_keys("5")
+        driver.find_element(By.ID, "search-file").send_keys(str(query))  # a blue triangle, filtered to squares
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .hit")) == 5)
+        labels = {h.text.splitlines()[0] for h in driver.find_elements(By.CSS_SELECTOR, "#results .hit")}
+        assert labels == {"green_squares"}
+
+        first = driver.find_elements(By.CSS_SELECTOR, "#results .hit")[0]
+        item = int(first.get_attribute("data-id"))
+        first.click()
+        wait.until(lambda d: d.execute_script("const i = document.getElementById('viewer-image');"
+                                              "return i.complete && i.naturalWidth > 0"))  # fmt: skip
+        assert driver.find_element(By.ID, "viewer-image").get_property("naturalWidth") == 72  # the stored image
+        assert f"item {item}" in driver.find_element(By.ID, "viewer-caption").text
+        Select(driver.find_element(By.ID, "label")).select_by_value("")
+        driver.find_element(By.ID, "more-like-this").click()
+        expected = httpx.get(base + f"/v1/gallery/{item}/similar", params={"k": 5}, headers={"X-API-Key": "r1"}).json()
+        wait.until(lambda d: f"like item {item}" in d.find_element(By.ID, "search-status").text)
+        shown = [int(h.get_attribute("data-id")) for h in driver.find_elements(By.CSS_SELECTOR, "#results .hit")]
+        assert shown == [h["id"] for h in expected["results"]] and item not in shown
+
+        new = tmp_path / "new.png"
+        png = png_bytes(draw_shape("yellow_bars", np.random.default_rng(99)))
+        new.write_bytes(png)
+        driver.find_element(By.ID, "add-file").send_keys(str(new))
+        driver.find_element(By.ID, "add-label").send_keys("yellow_bars")
+        driver.find_element(By.ID, "add-btn").click()
+        wait.until(lambda d: "Added as item" in d.find_element(By.ID, "add-status").text)
+        listed = httpx.get(base + "/v1/gallery", params={"label": "yellow_bars"}, headers={"X-API-Key": "r1"}).json()
+        assert listed["total"] == 13
+
+        key.clear()
+        key.send_keys("r1\t")  # a read key may not add
+        driver.find_element(By.ID, "add-btn").click()
+        wait.until(lambda d: "Add failed" in d.find_element(By.ID, "add-status").text)
+        assert "insufficient_scope" in driver.find_element(By.ID, "add-status").text
+
+
+def test_docs_render_with_the_network_off(settings: Settings, offline_browser: Any) -> None:
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = offline_browser
+    with live_server(settings) as base:
+        with pytest.raises(WebDriverException, match="ERR_NAME_NOT_RESOLVED"):  # the network is off for it
+            driver.get("https://cdn.jsdelivr.net/")
+        driver.get(base + "/docs")
+        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 12)
+        summaries = {e.text for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert {"/v1/search", "/v1/search/vector", "/v1/embed", "/v1/model", "/v1/gallery/{item_id}"} <= summaries
+        assert "imgsim" in driver.find_element(By.CSS_SELECTOR, ".info .title").text

@@ -186,8 +186,11 @@ def test_add_search_delete(client: TestClient, index_dir: Path) -> None:
     assert served != upload and Image.open(io.BytesIO(served)).format == "JPEG"
     hits = client.post("/v1/search", files={"image": ("q", upload)}, data={"k": "1"}).json()["results"]
     assert hits[0]["id"] == item["id"] and hits[0]["distance"] < 1e-4  # embedded from the upload, as queries are
-    again = client.post("/v1/gallery", files={"image": ("x.png", upload)}, data={"label": "other"})
+    again = client.post("/v1/gallery", files={"image": ("x.png", upload)}, data={"label": "new_label"})
     assert again.status_code == 200 and again.json()["id"] == item["id"] and again.json()["created"] is False
+    other = client.post("/v1/gallery", files={"image": ("x.png", upload)}, data={"label": "other"})
+    conflict = (other.status_code, other.json()["code"], other.json()["existing"]["id"])
+    assert conflict == (409, "label_conflict", item["id"])
     assert client.get("/v1/gallery").json()["total"] == 49
     gone = client.delete(f"/v1/gallery/{item['id']}")
     assert gone.status_code == 200, gone.text

@@ -13,7 +13,7 @@ from PIL import Image
 
 from app.settings import Settings
 from model.core.images import ImageError, load_image
-from tests.app.conftest import png_bytes, running
+from tests.app.conftest import png_bytes, problem_of, running
 from tests.conftest import draw_shape
 
 
@@ -51,7 +51,7 @@ def test_bad_images(client: TestClient, name: str) -> None:
     err = loader_error(data)
     r = client.post("/v1/search", files={"image": ("dog.jpg", data, "image/jpeg")})
     assert r.status_code == status, r.text
-    assert r.json() == {"code": err.code, "detail": f"image: {err.detail}"}
+    assert problem_of(r) == {"code": err.code, "detail": f"image: {err.detail}"}
     assert (
         err.code
         == {
@@ -64,7 +64,7 @@ def test_bad_images(client: TestClient, name: str) -> None:
         }[name]
     )
     r = client.post("/v1/compare", files=[("images", ("a", GOOD)), ("images", ("b", data))])
-    assert r.status_code == status and r.json() == {"code": err.code, "detail": f"images[1]: {err.detail}"}
+    assert r.status_code == status and problem_of(r) == {"code": err.code, "detail": f"images[1]: {err.detail}"}
 
 
 def test_bad_images_with_instances_that_decode(settings: Settings) -> None:
@@ -74,7 +74,8 @@ def test_bad_images_with_instances_that_decode(settings: Settings) -> None:
         for name, (data, status) in sorted(BAD_IMAGES.items()):
             err = loader_error(data)
             r = client.post("/v1/search", files={"image": ("dog.jpg", data, "image/jpeg")})
-            assert (r.status_code, r.json()) == (status, {"code": err.code, "detail": f"image: {err.detail}"}), name
+            expected = {"code": err.code, "detail": f"image: {err.detail}"}
+            assert (r.status_code, problem_of(r)) == (status, expected), name
             r = client.post("/v1/compare", files=[("images", ("a", GOOD)), ("images", ("b", data))])
             assert r.status_code == status and r.json()["detail"] == f"images[1]: {err.detail}", name
         assert client.post("/v1/search", files={"image": ("a", GOOD)}).status_code == 200
@@ -89,7 +90,7 @@ def test_odd_but_valid_images(client: TestClient) -> None:
 def test_request_shape_errors(client: TestClient) -> None:
     def post(url: str, **kw: object) -> tuple[int, dict[str, str]]:
         r = client.post(url, **kw)
-        return r.status_code, r.json()
+        return r.status_code, problem_of(r)
 
     assert post("/v1/compare", files=[("images", ("a", GOOD))]) == (
         422,
@@ -129,9 +130,9 @@ def test_request_shape_errors(client: TestClient) -> None:
     assert post("/v1/gallery", files=two, data={"label": "x"})[1]["code"] == "wrong_image_count"
     r = client.post("/v1/search", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"})
     assert r.status_code == 400 and r.json()["code"] == "bad_request"
-    assert client.get("/nope").json() == {"code": "not_found", "detail": "Not Found"}
+    assert problem_of(client.get("/nope")) == {"code": "not_found", "detail": "Not Found"}
     r = client.put("/v1/compare")
-    assert r.status_code == 405 and r.json() == {"code": "method_not_allowed", "detail": "Method Not Allowed"}
+    assert r.status_code == 405 and problem_of(r) == {"code": "method_not_allowed", "detail": "Method Not Allowed"}
     r = client.get("/v1/gallery/0/image", params={"size": 5})
     assert r.status_code == 422 and r.json()["code"] == "invalid_request"
 
@@ -145,7 +146,7 @@ def test_missing_items(client: TestClient) -> None:
         ("DELETE", "/v1/gallery/999999"),
     ):
         r = client.request(method, url)
-        assert (r.status_code, r.json()) == (404, body), url
+        assert (r.status_code, problem_of(r)) == (404, body), url
 
 
 def test_stored_image_missing_on_disk(client: TestClient, synthetic_gallery: Path) -> None:
@@ -153,7 +154,7 @@ def test_stored_image_missing_on_disk(client: TestClient, synthetic_gallery: Pat
     service = client.app.state.runtime.service  # type: ignore[attr-defined]
     (synthetic_gallery / service.index.get(item["id"]).path).unlink()
     r = client.get(item["image_url"])
-    assert (r.status_code, r.json()) == (
+    assert (r.status_code, problem_of(r)) == (
         404,
         {"code": "image_not_found", "detail": f"The image file of item {item['id']} is missing on the server."},
     )
@@ -163,12 +164,12 @@ def test_size_caps(settings: Settings) -> None:
     capped = settings.model_copy(update={"max_upload_bytes": 1000, "max_body_bytes": 50_000})
     with running(capped) as client:
         r = client.post("/v1/search", files={"image": ("a", b"\xff" * 2000)})
-        assert (r.status_code, r.json()) == (
+        assert (r.status_code, problem_of(r)) == (
             413,
             {"code": "payload_too_large", "detail": "The upload is larger than the 1,000-byte cap."},
         )
         r = client.post("/v1/search", files={"image": ("a", b"\xff" * 60_000)})
-        assert (r.status_code, r.json()) == (
+        assert (r.status_code, problem_of(r)) == (
             413,
             {"code": "payload_too_large", "detail": "The request body is larger than the 50,000-byte cap."},
         )
@@ -192,7 +193,7 @@ def test_nan_embedding_is_422(client: TestClient, monkeypatch: pytest.MonkeyPatc
         service.embedder, "embed_tensors", lambda batch: np.full((len(batch), 16), np.nan, dtype=np.float32)
     )
     r = client.post("/v1/search", files={"image": ("a", GOOD)})
-    assert (r.status_code, r.json()) == (
+    assert (r.status_code, problem_of(r)) == (
         422,
         {"code": "invalid_embedding", "detail": "The model produced a non-finite embedding for this image."},
     )
@@ -203,7 +204,7 @@ def test_full_queue_is_refused_at_once(client: TestClient) -> None:
     with service.batcher.admit(service.settings.queue_max):
         r = client.post("/v1/search", files={"image": ("a", GOOD)})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        assert r.json() == {
+        assert problem_of(r) == {
             "code": "overloaded",
             "detail": "Too busy: 128 images are queued; the queue holds 128. Retry shortly.",
         }

@@ -90,7 +90,8 @@ def test_beyond_the_decoding_budget_is_refused_with_503(settings: Settings, upda
     with running(settings.model_copy(update=update)) as client:
         service = client.app.state.runtime.service  # type: ignore[attr-defined]
         with service.budget.reserve(service.budget.limit):  # decodes in flight hold all of it
-            for url, form in (("/v1/search", {}), ("/v1/gallery", {"label": "x"})):
+            # GOOD[0] is in the gallery as red_circles: another label would be a 409 before admission
+            for url, form in (("/v1/search", {}), ("/v1/gallery", {"label": "red_circles"})):
                 r = client.post(url, files={"image": ("a.png", GOOD[0])}, data=form)
                 assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
                 assert r.json()["code"] == "overloaded" and "decoding budget" in r.json()["detail"]
@@ -108,7 +109,7 @@ def test_gallery_adds_are_admitted_before_anything_decodes_them(
     monkeypatch.setattr(service.embedder, "probe", lambda data: opened.append(len(data)) or real_probe(data))
     monkeypatch.setattr("app.service.load_image", lambda *a, **k: pytest.fail("decoded before admission"))
     with service.batcher.admit(service.settings.queue_max):  # the queue is full
-        r = client.post("/v1/gallery", files={"image": ("a.png", GOOD[0])}, data={"label": "x"})
+        r = client.post("/v1/gallery", files={"image": ("a.png", GOOD[0])}, data={"label": "red_circles"})
     assert (r.status_code, r.json()["code"]) == (503, "overloaded") and opened == []
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from imgsim_client import ApiError, AsyncClient, Client, CompareResponse, SearchResponse
 
-from app.client import ApiError, AsyncClient, Client
-from app.schemas import CompareResponse, SearchResponse
 from app.settings import Settings
 from tests.app.conftest import free_port, live_server, png_bytes
 from tests.conftest import draw_shape
@@ -37,7 +36,13 @@ def test_sync_and_async_client(settings: Settings, gallery_files: list[Path]) ->
         assert client.get_image(item.id, size=32)[:2] == b"\xff\xd8"
         added = client.add(png_bytes(draw_shape("red_circles", np.random.default_rng(11))), "via_client")
         assert added.created and client.list_items(label="via_client").total == 1
+        assert client.relabel(added.id, "renamed").label == "renamed" and client.get_item(added.id).label == "renamed"
         assert client.delete(added.id).deleted
+        card = client.model()
+        assert card.embedding_dim == len(client.embed([query]).embeddings[0])
+        vector = client.embed([query]).embeddings[0]
+        assert client.search_vector(vector, k=3).results == found.results
+        assert client.search(query, label="poodle").unknown_label == "poodle"
         with pytest.raises(ApiError) as err:
             client.get_item(added.id)
         assert (err.value.status, err.value.code) == (404, "item_not_found")

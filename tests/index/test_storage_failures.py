@@ -116,6 +116,24 @@ def test_failed_compaction_changes_nothing(tmp_path: Path, monkeypatch: pytest.M
     assert GalleryIndex.open(gi.index_dir).count == before[1] + 1
 
 
+def test_a_full_disk_on_close_keeps_the_log_and_still_closes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service closes with compact=True on shutdown; a disk that refuses the new base must not fail the
+    shutdown nor keep the writer lock: the log holds every change and the next open replays it."""
+    gi = _gallery(tmp_path)
+    before, base = _state(gi), gi.base_version
+
+    def full(index: object, path: Path) -> None:
+        raise StorageFullError(errno.ENOSPC, "No space left to write the index")
+
+    monkeypatch.setattr(index.compaction, "write_faiss", full)
+    gi.close(compact=True)
+    monkeypatch.undo()
+    again = GalleryIndex.open(gi.index_dir)
+    assert _state(again) == before and again.base_version == base and again.pending > 0
+    assert again.add(clustered(1, 16, seed=9), new_items(1, start=900)) == [35]  # the writer lock was released
+    again.close()
+
+
 # A child process under a file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored): the kernel fails the write that
 # crosses it with EFBIG, after writing what fits. Adds until one fails, then tries a compaction (the index
 # file is bigger than the limit), and reports what it saw.
