@@ -43,11 +43,12 @@ def _load(settings: Settings, runtime: Runtime) -> Service:
     embedder = load_embedder(settings)
     index = open_index(settings, embedder)
     log.info(
-        "loaded model %s (%s, %d-d) on %s and a gallery of %d items (version %d)",
+        "loaded model %s (%s, %d-d) on %s in %s and a gallery of %d items (version %d)",
         embedder.checkpoint.hash[:12],
         embedder.checkpoint.config.backbone,
         embedder.dim,
         embedder.device,
+        embedder.precision,
         index.count,
         index.version,
     )

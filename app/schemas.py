@@ -14,6 +14,7 @@ class ModelInfo(BaseModel):
     backbone: str = Field(examples=["efficientnet-lite0"])
     embedding_dim: int = Field(examples=[128])
     image_size: int = Field(examples=[224])
+    precision: str = Field(description="what the embeddings are computed in: fp32, int8, fp16, bf16", examples=["int8"])
 
 
 class CompareResponse(BaseModel):
@@ -25,11 +26,13 @@ class CompareResponse(BaseModel):
                     "similarity": 0.91,
                     "same": True,
                     "threshold": 0.8,
+                    "same_probability": 0.93,
                     "model": {
                         "hash": HASH_EXAMPLE,
                         "backbone": "efficientnet-lite0",
                         "embedding_dim": 128,
                         "image_size": 224,
+                        "precision": "int8",
                     },
                 }
             ]
@@ -39,6 +42,10 @@ class CompareResponse(BaseModel):
     similarity: float = Field(description="cosine similarity of the embeddings (-1..1)")
     same: bool = Field(description="dissimilarity below the checkpoint's calibrated threshold")
     threshold: float
+    same_probability: float | None = Field(
+        description="calibrated probability that both photos show the same class, also for classes the model "
+        "never trained on (null for a checkpoint trained before it was calibrated)"
+    )
     model: ModelInfo
 
 

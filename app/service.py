@@ -32,8 +32,11 @@ from app.prometheus import Metrics
 from app.schemas import ModelInfo, SearchHit
 from app.settings import Settings
 from index import CompactionPolicy, GalleryIndex, Hit
+from index.gallery import recorded_precision
+from model.core.device import resolve_device
 from model.core.images import ImageError, load_image
 from model.inference.embedder import Embedder, ModelError
+from model.inference.engines import precision_for_gallery
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +54,39 @@ def _one_torch_thread() -> None:
 
 
 def load_embedder(settings: Settings) -> Embedder:
+    """The embedder of the settings; precision ``auto`` follows the gallery's (int8 stays int8, float stays
+    float), so a gallery is never mixed with vectors of other numerics."""
     checkpoint = model_checkpoint(settings)  # IMGSIM_CHECKPOINT, else the gallery's model, else RUN_DIR's
-    return Embedder(checkpoint, device=settings.device, engine=settings.engine, max_pixels=settings.max_pixels)
+    precision = settings.precision
+    if precision == "auto":
+        precision = precision_for_gallery(recorded_precision(settings.index), resolve_device(settings.device))
+    return Embedder(
+        checkpoint,
+        device=settings.device,
+        engine=settings.engine,
+        max_pixels=settings.max_pixels,
+        precision=precision,
+    )
 
 
 def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
-    """Open the gallery built by this model, or create an empty one; a gallery of another model is refused."""
+    """Open the gallery built by this model, or create an empty one; a gallery of another model, or embedded in
+    other numerics (int8 vs float), is refused."""
     ckpt = embedder.checkpoint
     index_dir = Path(settings.index)
     policy = CompactionPolicy(max_changes=settings.compact_max_changes, max_age_s=settings.compact_max_age_s)
     if (index_dir / "CURRENT").is_file():
-        return GalleryIndex.open(index_dir, model_hash=ckpt.hash, dim=embedder.dim, policy=policy)
+        return GalleryIndex.open(
+            index_dir, model_hash=ckpt.hash, dim=embedder.dim, precision=embedder.precision, policy=policy
+        )
     log.info("no gallery at %s: creating an empty one", index_dir)
     return GalleryIndex.create(
-        index_dir, model_hash=ckpt.hash, backbone=ckpt.config.backbone, dim=embedder.dim, policy=policy
+        index_dir,
+        model_hash=ckpt.hash,
+        backbone=ckpt.config.backbone,
+        dim=embedder.dim,
+        precision=embedder.precision,
+        policy=policy,
     )
 
 
@@ -113,6 +135,7 @@ class Service:
             backbone=ckpt.config.backbone,
             embedding_dim=self.embedder.dim,
             image_size=ckpt.config.image_size,
+            precision=self.embedder.precision,
         )
 
     # -- embedding ------------------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     setup_command: str = Field(default="make run", description="the command that trains a model and indexes")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     engine: str = Field(default="auto", description="embedding engine: auto, onnx or torch")
+    # auto: the gallery's own precision when it exists; for a new gallery int8 on the CPU (ONNX Runtime, when
+    # the model quantises well: 2.4x less CPU per image, Recall@1 unchanged, BENCHMARKS.md), fp16 on CUDA.
+    precision: str = Field(default="auto", description="embedding precision: auto, fp32, int8, fp16 or bf16")
     host: str = "127.0.0.1"
     port: int = 8000
     access_log: bool = True

@@ -1,19 +1,20 @@
-"""What caps closed-set Recall@1 on ../shared/data/dogs with efficientnet-lite0: bounds on the default split.
+"""What caps closed-set Recall@1 on ../shared/data/dogs: bounds from classifiers on the same frozen features.
 
     .venv/bin/python -m bench.bench_bounds [--quick]
 
-The closed split is ``imgsim train``'s default (seed 0, 20 % of every breed held out, queried against all the
-others). Three measurements, each on the CPU in a few minutes:
-- linear probe: a softmax classifier on the frozen, centred unit features of the training images. Its
-  held-out accuracy bounds how well any head on these features can tell the breeds apart.
-- partial fine-tuning: a copy of the last four MBConv blocks and the head convolution, trained with the
-  contrastive loss (class-balanced batches, every pair) on cached block-11 activations of every training image
-  and of its mirror image (the only augmentation a cache allows). Recall@1 of that embedding alone, and mixed
-  with the frozen anchor at the anchored head's weight.
-- the backbone's own ImageNet classifier, its logits restricted to the gallery's breeds (each folder matched
-  to the ImageNet class of the same name): no training at all. The breeds of ../shared/data/dogs are
-  Imagewoof's, ten ImageNet breeds chosen to be hard to tell apart; the most frequent confusion is reported.
-``--quick`` skips the fine-tuning.
+Two closed protocols (bench/protocols.py): clean (the 228 ImageNet validation photos, trained on the other
+5,272) and mixed (``imgsim train``'s default split: 1,100 held-out photos, trained on 4,400). For each
+EfficientNet-Lite backbone, and for lite0 also with the ImageNet mean/std input checkpoints used before
+``input_norm``, on the CPU in minutes:
+- frozen features: nearest-neighbour Recall@1 of the unit pooled features (queries against all 5,500);
+- linear probe: a softmax classifier on the frozen, centred unit features of the training photos. Its held-out
+  accuracy bounds how well any head on these features can tell the breeds apart;
+- the backbone's own ImageNet classifier, its logits restricted to the gallery's breeds (each folder matched to
+  the ImageNet class of the same name): no training at all. The breeds are Imagewoof's, ten ImageNet breeds
+  chosen to be hard to tell apart; the most frequent confusion is reported.
+- (not ``--quick``) partial fine-tuning of lite0 on the mixed split: a copy of the last four MBConv blocks and
+  the head convolution, trained with the contrastive loss on cached block-11 activations of every training
+  photo and of its mirror image. Recall@1 of that embedding alone, and beside the frozen features.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import os
 import tempfile
 import time
 from collections import Counter
@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.bench_embedding import machine_line
-from model.core.backbones import EfficientNetLite0
+from bench.protocols import dogs, is_clean
+from model.core.backbones import EfficientNetLite, native_image_size
 from model.core.network import ModelConfig
 from model.core.presets import EvalPreset
-from model.data.galleries import make_splits, scan_gallery
+from model.data.galleries import Gallery, make_splits
 from model.evaluation.metrics import retrieval_metrics
 from model.inference.decode import iter_batches
 from model.inference.features import cached_features
@@ -44,8 +45,13 @@ from model.inference.onnx_export import INPUT_NAME, export_module
 from model.training.losses import ContrastiveLoss
 
 ROOT = Path(__file__).resolve().parents[1]
-DOGS = Path(os.environ.get("IMGSIM_DOGS", ROOT.parent / "shared" / "data" / "dogs"))
 CACHE = ROOT / "runs" / "bench" / "quality" / "cache"  # shared with bench_quality: same backbone, same photos
+ROWS = (
+    ("efficientnet-lite0", "imagenet"),
+    ("efficientnet-lite0", "native"),
+    ("efficientnet-lite1", "native"),
+    ("efficientnet-lite2", "native"),
+)
 FIRST_TUNED = 12  # blocks 12-15 of 16 (the last stage at 7x7) and the head convolution are trained
 EPOCHS, PER_CLASS = 3, 8
 
@@ -53,7 +59,7 @@ EPOCHS, PER_CLASS = 3, 8
 class Tail(nn.Module):
     """Blocks ``first``... of efficientnet-lite0, its head convolution and the average pool: -> (n, 1280)."""
 
-    def __init__(self, backbone: EfficientNetLite0, first: int) -> None:
+    def __init__(self, backbone: EfficientNetLite, first: int) -> None:
         super().__init__()
         net = backbone.net
         self.blocks = nn.ModuleList(net._blocks[first:])
@@ -66,20 +72,24 @@ class Tail(nn.Module):
 
 
 class Trunk(nn.Module):
-    """efficientnet-lite0 up to block ``FIRST_TUNED``: -> (n, 192, 7, 7) at 224 px."""
+    """efficientnet-lite0 up to block ``FIRST_TUNED``: -> (n, 192, 7, 7) at 224 px, its input scaled as the
+    backbone scales it."""
 
-    def __init__(self, backbone: EfficientNetLite0) -> None:
+    def __init__(self, backbone: EfficientNetLite) -> None:
         super().__init__()
+        self.backbone = backbone
         self.net = backbone.net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backbone.input_norm == "native":
+            x = x * self.backbone.input_scale + self.backbone.input_shift
         x = self.net._swish(self.net._bn0(self.net._conv_stem(x)))
         for block in self.net._blocks[:FIRST_TUNED]:
             x = block(x)
         return x
 
 
-def trunk_activations(backbone: EfficientNetLite0, paths: list[Path]) -> torch.Tensor:
+def trunk_activations(backbone: EfficientNetLite, paths: list[Path]) -> torch.Tensor:
     """(n, 2, 192, 7, 7) float16: the input of block ``FIRST_TUNED`` for each photo and its mirror image, run
     through ONNX Runtime (8x faster than eager PyTorch on this CPU)."""
     import onnxruntime as ort
@@ -127,7 +137,7 @@ def imagenet_classes(names: list[str]) -> list[int] | None:
     return [categories.index(n) for n in names]
 
 
-def restricted_classifier(backbone: EfficientNetLite0, feats: torch.Tensor, classes: list[int]) -> torch.Tensor:
+def restricted_classifier(backbone: EfficientNetLite, feats: torch.Tensor, classes: list[int]) -> torch.Tensor:
     """Predicted breed (index into ``classes``) by the pretrained ImageNet head, among those classes only."""
     with torch.inference_mode():
         return backbone.classify(feats)[:, classes].argmax(1)
@@ -143,7 +153,7 @@ def top_confusion(predicted: torch.Tensor, labels: torch.Tensor, names: list[str
 
 
 def fine_tune(
-    backbone: EfficientNetLite0, maps: torch.Tensor, labels: torch.Tensor, train: np.ndarray
+    backbone: EfficientNetLite, maps: torch.Tensor, labels: torch.Tensor, train: np.ndarray
 ) -> tuple[torch.Tensor, float]:
     """Train a copy of the tail and a linear embedding; returns the unit embeddings of every photo and the
     seconds spent training."""
@@ -176,62 +186,103 @@ def fine_tune(
     return emb, seconds
 
 
+def splits(gallery: Gallery) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(training rows, held-out rows) into ``gallery.items`` of the clean and the mixed protocol."""
+    clean = np.array([is_clean(item) for item in gallery.items])
+    row = {item.path: k for k, item in enumerate(gallery.items)}
+    mixed = make_splits(gallery.items, seed=0, val_fraction=0.2)  # imgsim train's default closed split
+    return {
+        "clean": (np.flatnonzero(~clean), np.flatnonzero(clean)),
+        "mixed": (np.array([row[i.path] for i in mixed.train]), np.array([row[i.path] for i in mixed.val])),
+    }
+
+
+def bounds(
+    backbone: EfficientNetLite,
+    feats: torch.Tensor,
+    gallery: Gallery,
+    protocols: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, dict[str, str]]:
+    """Per protocol: frozen Recall@1, linear-probe and ImageNet-classifier accuracy (with the top confusion)."""
+    names = sorted({i.label for i in gallery.items})
+    labels = torch.tensor([names.index(i.label) for i in gallery.items])
+    classes = imagenet_classes(names)
+    out = {}
+    for name, (train, test) in protocols.items():
+        r1 = retrieval_metrics(F.normalize(feats, dim=1).numpy(), [i.label for i in gallery.items], queries=test)
+        probe = linear_probe(feats, labels, train, test)
+        row = {"frozen": f"{r1['recall_at_1']:.3f}", "probe": f"{accuracy(probe, labels[test]):.3f}"}
+        row["probe_confusion"] = top_confusion(probe, labels[test], names)
+        if classes is not None:
+            zero_shot = restricted_classifier(backbone, feats[test], classes)
+            row["classifier"] = f"{accuracy(zero_shot, labels[test]):.3f}"
+            row["classifier_confusion"] = top_confusion(zero_shot, labels[test], names)
+        out[name] = row
+    return out
+
+
 def run(quick: bool = False) -> str:
-    gallery = scan_gallery(DOGS)
-    splits = make_splits(gallery.items, seed=0, val_fraction=0.2)  # imgsim train's default closed split
-    items = splits.train + splits.val
+    gallery = dogs()
+    protocols = splits(gallery)
+    n_clean, n_mixed = len(protocols["clean"][1]), len(protocols["mixed"][1])
+    lines = [
+        "### What caps closed-set Recall@1: classifiers on the same frozen features",
+        "",
+        f"{machine_line()}  ",
+        f"Command: `python -m bench.bench_bounds{' --quick' if quick else ''}`, "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Clean: the {n_clean} ImageNet validation photos (linear "
+        f"probe trained on the other {len(gallery.items) - n_clean}); mixed: the default split's {n_mixed} "
+        "held-out photos (trained on the rest). Each cell: clean (mixed).",
+        "",
+        "| backbone | input | frozen features Recall@1 | linear probe accuracy | ImageNet classifier among the 10 "
+        "breeds |",
+        "|---|---|---:|---:|---:|",
+    ]
+    confusions = []
+    for name, norm in ROWS:
+        backbone = EfficientNetLite(name, pretrained=True, input_norm=norm).eval()
+        feats = cached_features(
+            backbone, name, gallery.root, gallery.items, CACHE, image_size=native_image_size(name), progress=False
+        )
+        b = bounds(backbone, feats, gallery, protocols)
+        c, m = b["clean"], b["mixed"]
+        input_name = "[-1, 1] (native)" if norm == "native" else "ImageNet mean/std (before)"
+        lines.append(
+            f"| {name} | {input_name} | {c['frozen']} ({m['frozen']}) | {c['probe']} ({m['probe']}) | "
+            f"{c.get('classifier', '-')} ({m.get('classifier', '-')}) |"
+        )
+        if norm == "native":
+            confusions.append(f"{name}: {c['probe_confusion']} (probe, clean)")
+    lines += ["", "Most confused breeds: " + "; ".join(confusions) + "."]
+    if not quick:
+        lines.append(fine_tune_line(gallery, protocols["mixed"]))
+    return "\n".join(lines) + "\n"
+
+
+def fine_tune_line(gallery: Gallery, mixed: tuple[np.ndarray, np.ndarray]) -> str:
+    train, test = mixed
+    items = gallery.items
     names = sorted({i.label for i in items})
     labels = torch.tensor([names.index(i.label) for i in items])
-    train = np.arange(len(splits.train))
-    test = np.arange(len(splits.train), len(items))
-    backbone = EfficientNetLite0(pretrained=True).eval()
+    backbone = EfficientNetLite("efficientnet-lite0", pretrained=True).eval()
     feats = cached_features(backbone, "efficientnet-lite0", gallery.root, items, CACHE, progress=False)
 
     def recall_at_1(emb: torch.Tensor) -> float:
         return float(retrieval_metrics(emb.numpy(), [i.label for i in items], queries=test)["recall_at_1"])
 
+    start = time.perf_counter()
+    maps = trunk_activations(backbone, [gallery.root / i.path for i in items])
+    cache_seconds = time.perf_counter() - start
+    tuned, seconds = fine_tune(backbone, maps, labels, train)
+    w = ModelConfig().learned_weight
     centred = F.normalize(feats - feats[train].mean(0), dim=1)
-    lines = [
-        "### What caps closed-set Recall@1 (efficientnet-lite0)",
-        "",
-        f"{machine_line()}  ",
-        f"Command: `python -m bench.bench_bounds{' --quick' if quick else ''}`, "
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; the default closed split ({len(test)} held-out photos "
-        f"queried against the other {len(items) - 1}).",
-        "",
-        "| embedding | closed-set Recall@1 |",
-        "|---|---:|",
-        f"| frozen backbone features | {recall_at_1(F.normalize(feats, dim=1)):.3f} |",
-        f"| frozen features, centred | {recall_at_1(centred):.3f} |",
-        "",
-    ]
-    probe = linear_probe(feats, labels, train, test)
-    lines.append(
-        f"- Linear probe on the frozen features: held-out accuracy **{accuracy(probe, labels[test]):.3f}** "
-        f"(most confused: {top_confusion(probe, labels[test], names)})."
+    mixed_emb = torch.cat([(1 - w) ** 0.5 * centred, w**0.5 * tuned], 1)
+    return (
+        f"- efficientnet-lite0, mixed split: last {16 - FIRST_TUNED} blocks and the head convolution fine-tuned "
+        f"({EPOCHS} epochs, mirror images as augmentation; {cache_seconds:.0f} s to cache activations, "
+        f"{seconds:.0f} s to train): Recall@1 **{recall_at_1(tuned):.3f}** alone, **{recall_at_1(mixed_emb):.3f}** "
+        f"beside the frozen features at weight {w}."
     )
-    classes = imagenet_classes(names)
-    if classes is not None:
-        zero_shot = restricted_classifier(backbone, feats[test], classes)
-        lines.append(
-            f"- The pretrained ImageNet classifier among these {len(names)} breeds, untrained: held-out accuracy "
-            f"**{accuracy(zero_shot, labels[test]):.3f}** (most confused: "
-            f"{top_confusion(zero_shot, labels[test], names)})."
-        )
-    if not quick:
-        start = time.perf_counter()
-        maps = trunk_activations(backbone, [gallery.root / i.path for i in items])
-        cache_seconds = time.perf_counter() - start
-        tuned, seconds = fine_tune(backbone, maps, labels, train)
-        w = ModelConfig().learned_weight
-        mixed = torch.cat([(1 - w) ** 0.5 * centred, w**0.5 * tuned], 1)
-        lines += [
-            f"- Last {16 - FIRST_TUNED} blocks and the head convolution fine-tuned ({EPOCHS} epochs, mirror "
-            f"images as augmentation; {cache_seconds:.0f} s to cache activations, {seconds:.0f} s to train): "
-            f"Recall@1 **{recall_at_1(tuned):.3f}** alone, **{recall_at_1(mixed):.3f}** beside the frozen "
-            f"features at weight {w}.",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

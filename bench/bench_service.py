@@ -1,10 +1,12 @@
 """Service benchmark: ``/v1/search`` and ``/v1/compare`` over loopback HTTP, batched vs unbatched.
 
 A real ``imgsim serve`` (uvicorn) runs in a subprocess with an efficientnet-lite0 checkpoint (pretrained
-backbone, untrained head: the same speed as a trained one) and a gallery of a few hundred dog photos; a lean
-load generator (:mod:`bench.http_load`, keep-alive connections, requests built once) sends real 320-px JPEGs at
-concurrency 1, 8 and 32. The baseline is the in-process embedding
-throughput of the same model and engine in the same run (preprocessed batches, no decoding, no HTTP).
+backbone, untrained head: the same speed as a trained one) in the default precision (int8, calibrated on other
+dog photos) and a gallery of a few hundred dog photos; a lean load generator (:mod:`bench.http_load`, keep-alive
+connections, requests built once) sends real 320-px JPEGs at concurrency 1, 8 and 32. The baseline is the
+in-process embedding throughput of the same model and engine in the same run (preprocessed batches, no
+decoding, no HTTP). Then ``/v1/search`` at concurrency 8 on the default server settings, for each backbone
+(lite0, lite1, lite2) in fp32 and int8, every server up at once and measured in interleaved repeats.
 
     .venv/bin/python -m bench.bench_service [--quick]
 """
@@ -84,16 +86,30 @@ def dog_files(per_breed: int, offset: int) -> list[Path]:
     return files
 
 
-def build(workdir: Path, gallery: list[Path]) -> tuple[Path, Path, Embedder]:
+def build(
+    workdir: Path,
+    gallery: list[Path],
+    backbone: str = "efficientnet-lite0",
+    precision: str = "int8",
+    calibration: list[Path] | None = None,
+) -> tuple[Path, Path, Embedder]:
+    """A checkpoint (untrained head), its int8 model when asked (cached beside it, so the server finds it) and a
+    gallery embedded in that precision (the server's precision auto follows it)."""
     torch.manual_seed(0)
-    ckpt_path = workdir / "lite0.pt"
-    save_checkpoint(Checkpoint(SiameseNetwork(ModelConfig()).eval(), class_names=[]), ckpt_path)
-    embedder = Embedder(ckpt_path, device="cpu", engine=ENGINE)
-    result = embedder.embed_files(gallery, batch_size=32, progress=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = workdir / "model.pt"
+    save_checkpoint(Checkpoint(SiameseNetwork(ModelConfig(backbone=backbone)).eval(), class_names=[]), ckpt_path)
+    embedder = Embedder(ckpt_path, device="cpu", engine=ENGINE, precision=precision, calibration_images=calibration)
+    result = embedder.embed_files(gallery, batch_size=32, progress=False)
     ckpt = embedder.checkpoint
     index_dir = workdir / "gallery_index"
     gi = GalleryIndex.create(
-        index_dir, model_hash=ckpt.hash, backbone=ckpt.config.backbone, dim=embedder.dim, gallery_root=DOGS
+        index_dir,
+        model_hash=ckpt.hash,
+        backbone=ckpt.config.backbone,
+        dim=embedder.dim,
+        gallery_root=DOGS,
+        precision=embedder.precision,
     )
     items = []
     for i in result.ok:
@@ -301,10 +317,11 @@ def run(quick: bool = False) -> str:
     torch.set_num_threads(os.cpu_count() or 1)
     gallery = dog_files(15 if quick else 25, 0)
     queries = [p.read_bytes() for p in dog_files(4 if quick else 8, 100)]
+    calibration = dog_files(26, 200)  # 260 photos, none of them in the gallery or among the queries
     with tempfile.TemporaryDirectory(prefix="imgsim-bench-") as tmp:
         workdir = Path(tmp)
-        ckpt, index_dir, embedder = build(workdir, gallery)
-        engine_name = getattr(embedder, "engine_name", "torch")
+        ckpt, index_dir, embedder = build(workdir / "default", gallery, calibration=calibration)
+        engine_name = f"{embedder.engine_name}, {embedder.precision}"
         model_rates, decode_rate = in_process_rate(embedder, queries, 10 if quick else 20)
         del embedder
         procs = {}
@@ -322,7 +339,77 @@ def run(quick: bool = False) -> str:
             for _, proc in procs.values():
                 proc.terminate()
                 proc.wait(timeout=60)
-    return report(runs, overhead, model_rates, decode_rate, engine_name, len(gallery), quick)
+        frontier = measure_frontier(workdir, gallery, calibration, queries, quick)
+    return report(runs, overhead, model_rates, decode_rate, engine_name, len(gallery), quick) + frontier_report(
+        frontier, quick
+    )
+
+
+BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+FRONTIER = [(bb, p) for bb in BACKBONES for p in ("fp32", "int8")]
+
+
+def measure_frontier(
+    workdir: Path, gallery: list[Path], calibration: list[Path], queries: list[bytes], quick: bool
+) -> dict[tuple[str, str], dict[str, float]]:
+    """/v1/search at concurrency 8 on the default server settings for each backbone and precision: every server
+    up at once, the configurations interleaved repeat by repeat; medians of req/s and server CPU ms/request."""
+    configs = FRONTIER[:2] if quick else FRONTIER
+    procs: dict[tuple[str, str], tuple[str, subprocess.Popen[bytes]]] = {}
+    n, repeats = (48, 1) if quick else (160, 3)
+    samples: dict[tuple[str, str], list[tuple[float, float, list[float]]]] = {c: [] for c in configs}
+    try:
+        for port, (bb, precision) in enumerate(configs, start=8711):
+            ckpt, index_dir, _ = build(workdir / f"{bb}-{precision}", gallery, bb, precision, calibration)
+            proc = start_server(ckpt, index_dir, port, {}, workdir / f"serve-{port}.log")
+            procs[(bb, precision)] = (f"http://127.0.0.1:{port}", proc)
+        for base, _ in procs.values():
+            load(base, "search", queries, 8, 16)  # warm-up
+        for rep in range(repeats):
+            order = list(procs.items()) if rep % 2 == 0 else list(procs.items())[::-1]
+            for config, (base, proc) in order:
+                cpu0 = process_cpu_seconds(proc.pid)
+                result = load(base, "search", queries, 8, n)
+                cpu = 1000 * (process_cpu_seconds(proc.pid) - cpu0) / n
+                samples[config].append((n / result.seconds, cpu, result.latencies))
+                print(f"  frontier {config} rep {rep}: {n / result.seconds:.1f} req/s", file=sys.stderr)
+    finally:
+        for _, proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=60)
+    out = {}
+    for config, runs in samples.items():
+        latencies = [x for _, _, lat in runs for x in lat]
+        out[config] = {
+            "rps": statistics.median(r for r, _, _ in runs),
+            "cpu_ms": statistics.median(c for _, c, _ in runs),
+            "p50": float(np.percentile(latencies, 50) * 1000),
+            "p99": float(np.percentile(latencies, 99) * 1000),
+        }
+    return out
+
+
+def frontier_report(frontier: dict[tuple[str, str], dict[str, float]], quick: bool) -> str:
+    cores = os.cpu_count() or 1
+    base = frontier[("efficientnet-lite0", "fp32")]
+    load1, load5, load15 = os.getloadavg()
+    lines = [
+        "",
+        "",
+        "/v1/search at concurrency 8 per backbone and precision (default server: batched, 2 instances; "
+        f"{'1 run' if quick else 'medians of 3 interleaved runs'} of {'48' if quick else '160'} requests each; "
+        f"load average at the end {load1:.2f}, {load5:.2f}, {load15:.2f}; the load generator shares the {cores} "
+        "cores). Server CPU ms per request is the figure robust to the machine's load.",
+        "",
+        "| backbone | precision | req/s | p50 ms | p99 ms | server CPU ms/request | req/s vs lite0 fp32 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for (bb, precision), r in frontier.items():
+        lines.append(
+            f"| {bb} | {precision} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['cpu_ms']:.2f} | "
+            f"{r['rps'] / base['rps']:.2f}x |"
+        )
+    return "\n".join(lines)
 
 
 def report(

@@ -81,8 +81,17 @@ def read_mapped(path: Path) -> faiss.Index:
     return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
 
 
-def load_base(index_dir: Path, version: int, *, model_hash: str | None, dim: int | None) -> Base:
-    """Snapshot ``version``, verifying the model, the dimension and every file's checksum."""
+def same_numerics(a: str, b: str) -> bool:
+    """Whether vectors embedded in precisions ``a`` and ``b`` may share a gallery: int8 ones only with int8 (they
+    sit at cosine about 0.995 to the float ones); fp32, fp16 and bf16 (CUDA autocast) agree to > 0.999."""
+    return (a == "int8") == (b == "int8")
+
+
+def load_base(
+    index_dir: Path, version: int, *, model_hash: str | None, dim: int | None, precision: str | None = None
+) -> Base:
+    """Snapshot ``version``, verifying the model, the dimension, the embeddings' precision (when given) and
+    every file's checksum."""
     snap = snapshots_dir(index_dir) / snapshot_name(version)
     manifest = read_manifest(snap)
     rebuild = f"Rebuild it with `imgsim index build --checkpoint <your checkpoint> --out {index_dir}`."
@@ -94,6 +103,12 @@ def load_base(index_dir: Path, version: int, *, model_hash: str | None, dim: int
     if dim is not None and manifest.dim != dim:
         raise IndexMismatchError(
             f"Index {index_dir} holds {manifest.dim}-d vectors; this model makes {dim}-d. {rebuild}"
+        )
+    if precision is not None and not same_numerics(manifest.precision, precision):
+        raise IndexMismatchError(
+            f"Index {index_dir} holds {manifest.precision} embeddings; this embedder computes in {precision}, "
+            f"whose vectors differ slightly. Embed with precision {manifest.precision} (--precision, "
+            f"IMGSIM_PRECISION; auto follows the gallery), or {rebuild[0].lower()}{rebuild[1:]}"
         )
     verify_checksums(snap, manifest)
     try:

@@ -7,7 +7,6 @@ only what is new or changed. Unreadable files are skipped and reported, never fa
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -19,12 +18,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from index import factory as fx
-from index.gallery import GalleryIndex
+from index.gallery import GalleryIndex, recorded_precision
 from index.records import NewItem
 from model.core.checkpoint import Checkpoint
+from model.core.device import resolve_device
 from model.core.images import is_image_file
 from model.data.galleries import scan_gallery
 from model.inference.embedder import Embedder
+from model.inference.engines import precision_for_gallery
 
 log = logging.getLogger(__name__)
 _EXIF_ORIENTATION, _ROTATED = 0x0112, {5, 6, 7, 8}
@@ -72,13 +73,25 @@ class UpdateReport:
 
 
 def make_embedder(
-    checkpoint: Checkpoint | str | Path | Embedder, device: str = "auto", engine: str = "auto"
+    checkpoint: Checkpoint | str | Path | Embedder,
+    device: str = "auto",
+    engine: str = "auto",
+    precision: str = "auto",
+    index_dir: str | Path | None = None,
 ) -> Embedder:
+    """The embedder for ``checkpoint``; with ``index_dir``, precision ``auto`` follows that gallery's."""
     if isinstance(checkpoint, Embedder):
         return checkpoint
-    if "engine" in inspect.signature(Embedder.__init__).parameters:  # the fast path, when it exists
-        return Embedder(checkpoint, device=device, engine=engine)  # type: ignore[call-arg,unused-ignore]
-    return Embedder(checkpoint, device=device)
+    if precision == "auto" and index_dir is not None:
+        precision = precision_for_gallery(recorded_precision(index_dir), resolve_device(device))
+    return Embedder(checkpoint, device=device, engine=engine, precision=precision)
+
+
+def _open(index_dir: str | Path, embedder: Embedder) -> GalleryIndex:
+    """The gallery, refused unless this embedder's model, dimension and precision made it."""
+    return GalleryIndex.open(
+        index_dir, model_hash=embedder.checkpoint.hash, dim=embedder.dim, precision=embedder.precision
+    )
 
 
 def checkpoint_path(embedder: Embedder) -> str | None:
@@ -146,6 +159,7 @@ def build_gallery_index(
     num_workers: int = 2,
     device: str = "auto",
     progress: bool = True,
+    precision: str = "auto",
 ) -> BuildReport:
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -156,7 +170,7 @@ def build_gallery_index(
         )
     gallery = scan_gallery(gallery_dir)
     root = gallery.root.resolve()
-    embedder = make_embedder(checkpoint, device)
+    embedder = make_embedder(checkpoint, device, precision=precision)
     files = [(root / item.path, item.path, item.label) for item in gallery.items]
     vectors, items, skipped, duplicates = embed_new(
         embedder, None, files, batch_size=batch_size, num_workers=num_workers, progress=progress
@@ -179,6 +193,7 @@ def build_gallery_index(
         gallery_root=root,
         factory=chosen,
         checkpoint=checkpoint_path(embedder),
+        precision=embedder.precision,
     ) as gi:
         gi.add(vectors, items)
         version = gi.compact()  # a built gallery is one base snapshot, with an empty log
@@ -197,13 +212,14 @@ def update_gallery_index(
     num_workers: int = 2,
     device: str = "auto",
     progress: bool = True,
+    precision: str = "auto",
 ) -> UpdateReport:
     """Embed files new or changed since the last update (by sha256), drop those that disappeared.
 
     Uploads kept under ``media/`` and files added from outside the gallery are left alone."""
     start = time.perf_counter()
-    embedder = make_embedder(checkpoint, device)
-    with GalleryIndex.open(index_dir, model_hash=embedder.checkpoint.hash, dim=embedder.dim) as gi:
+    embedder = make_embedder(checkpoint, device, precision=precision, index_dir=index_dir)
+    with _open(index_dir, embedder) as gi:
         return _update(gi, embedder, gallery_dir, start, batch_size, num_workers, progress)
 
 
@@ -285,11 +301,12 @@ def add_files(
     num_workers: int = 2,
     device: str = "auto",
     progress: bool = True,
+    precision: str = "auto",
 ) -> UpdateReport:
     """Embed and add files (paths under the gallery root are stored relative to it, others absolute)."""
     start = time.perf_counter()
-    embedder = make_embedder(checkpoint, device)
-    with GalleryIndex.open(index_dir, model_hash=embedder.checkpoint.hash, dim=embedder.dim) as gi:
+    embedder = make_embedder(checkpoint, device, precision=precision, index_dir=index_dir)
+    with _open(index_dir, embedder) as gi:
         root = gi.gallery_root
 
         def stored(p: Path) -> str:

@@ -33,6 +33,7 @@ def create_gallery(
     gallery_root: str | Path | None = None,
     checkpoint: str | Path | None = None,
     rerank: bool = False,
+    precision: str = "fp32",
 ) -> int:
     """Write base version 1 holding every chunk's items (ids 0, 1, ... in order); returns the count.
     ``GalleryIndex.create`` writes its empty first base with it (no chunks).
@@ -88,6 +89,7 @@ def create_gallery(
         checkpoint=str(checkpoint) if checkpoint else None,
         search_params=fx.current_search_params(index),
         rerank=rerank,
+        precision=precision,
     )
     write_snapshot(index_dir, manifest, write_files)
     return count

@@ -110,6 +110,13 @@ def _embedding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (%(default)s)")
     p.add_argument("--workers", type=int, default=2, help="processes decoding images (%(default)s)")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "int8", "fp16", "bf16"),
+        help="auto: an existing gallery's own; for a new one int8 on the CPU (when the model quantises well), "
+        "fp16 on CUDA",
+    )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
@@ -138,6 +145,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=args.device,
+        precision=args.precision,
     )
     _print_report(report, args.json)
     return 0
@@ -152,6 +160,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=args.device,
+        precision=args.precision,
     )
     _print_report(report, args.json)
     if not args.json:
@@ -207,13 +216,15 @@ def cmd_update(args: argparse.Namespace) -> int:
     checkpoint = _recorded_checkpoint(args.index, args.checkpoint)
     options = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
     if args.rebuild:
-        report: BuildReport | UpdateReport = rebuild_gallery_index(checkpoint, gallery, args.index, **options)
+        report: BuildReport | UpdateReport = rebuild_gallery_index(
+            checkpoint, gallery, args.index, precision=args.precision, **options
+        )
     else:
         try:
-            report = update_gallery_index(checkpoint, gallery, args.index, **options)
+            report = update_gallery_index(checkpoint, gallery, args.index, precision=args.precision, **options)
         except IndexMismatchError as exc:
             raise IndexMismatchError(
-                f"{args.index} holds another model's vectors, which cannot be mixed with {checkpoint}'s. "
+                f"{args.index} holds vectors that cannot be mixed with {checkpoint}'s ({exc}). "
                 "Add --rebuild to embed everything again with it."
             ) from exc
     _print_report(report, args.json)
@@ -235,7 +246,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     image = Path(args.image)
     gi = GalleryIndex.open(args.index)
-    embedder = make_embedder(args.checkpoint or _recorded_checkpoint(args.index, None), args.device)
+    checkpoint = args.checkpoint or _recorded_checkpoint(args.index, None)
+    embedder = make_embedder(checkpoint, args.device, index_dir=args.index)  # the gallery's precision
     if embedder.checkpoint.hash != gi.model_hash or embedder.dim != gi.dim:
         raise IndexMismatchError(
             f"Index {args.index} was built by model {gi.model_hash[:12]}, not by this checkpoint "

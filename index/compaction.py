@@ -117,6 +117,7 @@ def build_base(index_dir: Path, sealed: View) -> Base:
         checkpoint=settings.get("checkpoint"),
         search_params=dict(sealed.search_params) or fx.current_search_params(index),
         rerank=m.rerank,
+        precision=m.precision,
     )
 
     def write_files(folder: Path) -> None:

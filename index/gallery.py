@@ -22,17 +22,33 @@ import numpy as np
 
 from index import compactor, wal
 from index import factory as fx
+from index.base import same_numerics
 from index.bulk import create_gallery
 from index.compaction import CompactionPolicy
+from index.errors import IndexCorruptError
 from index.lock import WriterLock
 from index.records import Hit, ItemRecord, NewItem
 from index.search import run_search
+from index.snapshot import read_current, read_manifest, snapshot_name, snapshots_dir
 from index.store import Store, load
 from index.view import View
 from index.working import AddRequest, Committed, RelabelRequest, RemoveRequest, SettingsRequest
 
 log = logging.getLogger(__name__)
-__all__ = ["Committed", "CompactionPolicy", "GalleryIndex"]
+__all__ = ["Committed", "CompactionPolicy", "GalleryIndex", "recorded_precision", "same_numerics"]
+
+
+def recorded_precision(index_dir: str | Path) -> str | None:
+    """The precision the gallery at ``index_dir`` was embedded in, read from its current base's manifest; None
+    when there is no gallery there yet (or it cannot be read: opening it will say why)."""
+    index_dir = Path(index_dir)
+    try:
+        version = read_current(index_dir)
+        if version is None:
+            return None
+        return read_manifest(snapshots_dir(index_dir) / snapshot_name(version)).precision
+    except (OSError, ValueError, IndexCorruptError):
+        return None
 
 
 class GalleryIndex:
@@ -53,8 +69,11 @@ class GalleryIndex:
         checkpoint: str | Path | None = None,
         policy: CompactionPolicy | None = None,
         rerank: bool = False,
+        precision: str = "fp32",
     ) -> GalleryIndex:
         """An empty gallery in ``index_dir`` (which must not hold one yet), as base version 1; it writes.
+        ``precision``: what the embedder computes in (``Embedder.precision``), recorded so that other numerics
+        are refused.
 
         ``rerank``: keep an 8-bit copy of the base's vectors on disk and re-rank the index's candidates
         with it (for compressed PQ types: index/rerank.py); made by the first compaction."""
@@ -74,6 +93,7 @@ class GalleryIndex:
                 gallery_root=gallery_root,
                 checkpoint=checkpoint,
                 rerank=rerank,
+                precision=precision,
             )
             working, pos = load(index_dir, model_hash, dim)
             store = Store(index_dir, working, policy or CompactionPolicy(), pos)
@@ -90,16 +110,18 @@ class GalleryIndex:
         *,
         model_hash: str | None = None,
         dim: int | None = None,
+        precision: str | None = None,
         writer: bool = False,
         policy: CompactionPolicy | None = None,
     ) -> GalleryIndex:
-        """Load ``CURRENT``'s base (verifying the model, the dimension and every checksum) and replay the log.
+        """Load ``CURRENT``'s base (verifying the model, the dimension, the embeddings' precision (see
+        :func:`~index.base.same_numerics`) and every checksum) and replay the log.
 
         ``writer=True`` takes the writer lock now (else at the first change)."""
         index_dir = Path(index_dir)
         if not (index_dir / "CURRENT").is_file():
             raise FileNotFoundError(f"No index at {index_dir}. Build one with `imgsim index build`.")
-        working, pos = load(index_dir, model_hash, dim)
+        working, pos = load(index_dir, model_hash, dim, precision=precision)
         gi = cls(Store(index_dir, working, policy or CompactionPolicy(), pos))
         log.info(
             "opened %s version %d: %d items (%s; base %d + %d changes in the log)",
@@ -176,6 +198,10 @@ class GalleryIndex:
         return self._store.view.base.manifest.factory
 
     @property
+    def precision(self) -> str:
+        return self._store.view.base.manifest.precision
+
+    @property
     def index_dir(self) -> Path:
         return self._store.dir
 
@@ -211,6 +237,7 @@ class GalleryIndex:
             "factory": m.factory,
             "model_hash": m.model_hash,
             "backbone": m.backbone,
+            "precision": m.precision,
             "created": m.created,
             "gallery_root": str(self.gallery_root) if self.gallery_root else None,
             "checkpoint": self.checkpoint,

@@ -32,10 +32,12 @@ def rebuild_gallery_index(
     num_workers: int = 2,
     device: str = "auto",
     progress: bool = True,
+    precision: str = "auto",
 ) -> BuildReport:
-    """Build ``index_dir`` anew from ``gallery_dir`` with ``checkpoint``, carrying over the old gallery's uploads."""
+    """Build ``index_dir`` anew from ``gallery_dir`` with ``checkpoint``, carrying over the old gallery's uploads
+    (re-embedded in the new gallery's ``precision``: auto is int8 on the CPU where the model quantises well)."""
     index_dir = Path(index_dir)
-    embedder = make_embedder(checkpoint, device)
+    embedder = make_embedder(checkpoint, device, precision=precision)
     old = GalleryIndex.open(index_dir, writer=True) if (index_dir / "CURRENT").is_file() else None
     scratch = index_dir.with_name(f".{index_dir.name}.rebuilding")
     try:

@@ -57,6 +57,8 @@ class Manifest:
     next_id: int = 0
     gallery_root: str | None = None
     checkpoint: str | None = None
+    # What the vectors were computed in (the embedder's precision). Absent in galleries made before int8: fp32.
+    precision: str = "fp32"
     search_params: dict[str, float] = field(default_factory=dict)
     rerank: bool = False  # re-rank from an 8-bit copy of the vectors on disk (index/rerank.py)
     checksums: dict[str, str] = field(default_factory=dict)

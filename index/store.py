@@ -194,14 +194,18 @@ class Store:
 
 
 def load(
-    index_dir: Path, model_hash: str | None, dim: int | None, durable_only: bool = True
+    index_dir: Path,
+    model_hash: str | None,
+    dim: int | None,
+    durable_only: bool = True,
+    precision: str | None = None,
 ) -> tuple[Working, LogPosition | None]:
     """The base ``CURRENT`` names, brought up to date by the log (retried if a compaction swaps it meanwhile)."""
     for attempt in range(3):
         version = read_current(index_dir)
         assert version is not None
         try:
-            working = Working.at(load_base(index_dir, version, model_hash=model_hash, dim=dim))
+            working = Working.at(load_base(index_dir, version, model_hash=model_hash, dim=dim, precision=precision))
             return working, replay(index_dir, working, None, durable_only=durable_only)
         except (IndexCorruptError, FileNotFoundError):
             if attempt == 2 or read_current(index_dir) == version:

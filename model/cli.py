@@ -47,6 +47,13 @@ def register(subparsers: Any) -> None:
     ev.add_argument(
         "--plots", "--out", dest="plots", help="folder for the plots (default: beside the checkpoint; --out: old)"
     )
+    ev.add_argument(
+        "--queries",
+        default=None,
+        metavar="GLOB|FILE",
+        help="only these photos query (the whole gallery answers): a glob on paths under --data, e.g. "
+        "'*/ILSVRC2012_val_*', or a file listing them; default: every photo, leave-one-out",
+    )
     ev.add_argument("--json", action="store_true", help=JSON_HELP)
     ev.add_argument("--device", help=DEVICE_HELP)
     ev.add_argument("--workers", type=int, default=2, help="processes decoding images (%(default)s)")
@@ -59,6 +66,12 @@ def register(subparsers: Any) -> None:
     cmp.add_argument("image2", help="another photo")
     cmp.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     cmp.add_argument("--device", help=DEVICE_HELP)
+    cmp.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "int8", "fp16", "bf16"),
+        help="as the service's IMGSIM_PRECISION; auto: int8 on the CPU where the model quantises well",
+    )
     cmp.add_argument("--json", action="store_true", help=JSON_HELP)
     cmp.set_defaults(
         func=_compare,
@@ -103,6 +116,7 @@ def _eval(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         progress=not args.json,
+        queries=args.queries,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -111,10 +125,11 @@ def _eval(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from model.evaluation.report import compare_images
 
-    result = compare_images(args.image1, args.image2, args.checkpoint, device=args.device)
+    result = compare_images(args.image1, args.image2, args.checkpoint, device=args.device, precision=args.precision)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
         verdict = "same" if result.same else "different"
-        print(f"Dissimilarity: {result.dissimilarity:.3f}  (threshold {result.threshold:.3f})  -> {verdict}")
+        line = f"Dissimilarity: {result.dissimilarity:.3f}  (threshold {result.threshold:.3f})  -> {verdict}"
+        print(line if result.same_probability is None else f"{line}  (P(same) {result.same_probability:.2f})")
     return 0

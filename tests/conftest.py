@@ -91,9 +91,10 @@ def tiny_model() -> SiameseNetwork:
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path, tiny_model: SiameseNetwork) -> Path:
-    """An untrained tiny model saved as a real checkpoint, with a calibrated-looking threshold."""
+    """An untrained tiny model saved as a real checkpoint, with a calibrated-looking threshold and probability
+    (``same_probability`` = sigmoid(4 - 8 · distance): one half at the threshold)."""
     path = tmp_path / "tiny" / "best.pt"
-    save_checkpoint(Checkpoint(tiny_model, class_names=sorted(SHAPES), threshold=0.5), path)
+    save_checkpoint(Checkpoint(tiny_model, class_names=sorted(SHAPES), threshold=0.5, platt=(4.0, -8.0)), path)
     return path
 
 

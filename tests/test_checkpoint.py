@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
-from model.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from model.core.network import SiameseNetwork
+from model.core.checkpoint import Checkpoint, content_hash, load_checkpoint, save_checkpoint
+from model.core.network import ModelConfig, SiameseNetwork
 
 
 def test_round_trip_rebuilds_the_identical_network(tiny_checkpoint: Path, tiny_model: SiameseNetwork) -> None:
@@ -52,3 +53,28 @@ def test_checkpoint_of_another_architecture_fails_clearly(tmp_path: Path, tiny_c
 def test_save_leaves_no_temporary_files(tmp_path: Path, tiny_model: SiameseNetwork) -> None:
     save_checkpoint(Checkpoint(tiny_model), tmp_path / "best.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
+def test_a_checkpoint_from_before_input_norm_keeps_its_behaviour_and_its_hash(tmp_path: Path) -> None:
+    """Checkpoints that do not name ``input_norm`` were trained on ImageNet-normalised input: they load as
+    ``imagenet``, embed exactly as before, and keep the content hash their index and ONNX cache are keyed by."""
+    torch.manual_seed(0)
+    config = ModelConfig(embedding_dim=16, hidden_dim=32, image_size=64, pretrained=False)  # efficientnet-lite0
+    model = SiameseNetwork(config).eval()
+    save_checkpoint(Checkpoint(model), tmp_path / "new.pt")
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    assert payload["model_args"]["input_norm"] == "native"
+    del payload["model_args"]["input_norm"]  # as written before the option existed
+    payload["content_hash"] = content_hash(payload["model_args"], payload["model"])
+    torch.save(payload, tmp_path / "old.pt")
+
+    old = load_checkpoint(tmp_path / "old.pt")
+    assert old.config.input_norm == "imagenet" and old.model.backbone.input_norm == "imagenet"
+    assert "input_norm" not in old.config.to_dict()
+    assert save_checkpoint(old, tmp_path / "resaved.pt") == payload["content_hash"]
+    legacy = SiameseNetwork(dataclasses.replace(config, input_norm="imagenet")).eval()
+    legacy.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(old.model.embed(x), legacy.embed(x))
+        assert not torch.allclose(old.model.embed(x), model.embed(x))  # the native scaling does change it

@@ -5,7 +5,7 @@ import pytest
 
 from model.core.checkpoint import Checkpoint
 from model.core.network import SiameseNetwork
-from model.inference.compare import Comparison, compare
+from model.inference.compare import Comparison, compare, same_probability
 
 
 @pytest.fixture
@@ -16,7 +16,9 @@ def ckpt(tiny_model: SiameseNetwork) -> Checkpoint:
 def test_orthogonal_and_identical_unit_vectors(ckpt: Checkpoint) -> None:
     e = np.eye(3, dtype=np.float32)
     apart = compare(e[0], e[1], ckpt)
-    assert apart == Comparison(dissimilarity=pytest.approx(np.sqrt(2)), similarity=0.0, same=False, threshold=1.0)
+    assert apart == Comparison(
+        dissimilarity=pytest.approx(np.sqrt(2)), similarity=0.0, same=False, threshold=1.0, same_probability=None
+    )
     alike = compare(e[2], e[2], ckpt)
     assert (alike.dissimilarity, alike.similarity, alike.same) == (0.0, 1.0, True)
 
@@ -63,4 +65,19 @@ def test_to_dict_holds_every_field(ckpt: Checkpoint) -> None:
         "similarity": 0.0,
         "same": False,
         "threshold": 1.0,
+        "same_probability": None,  # a checkpoint without Platt coefficients (trained before they existed)
     }
+
+
+def test_same_probability_is_the_checkpoints_platt_sigmoid_of_the_distance(ckpt: Checkpoint) -> None:
+    ckpt.threshold, ckpt.platt = 1.0, (6.0, -6.0)  # one half at distance 1
+    a = np.array([1.0, 0.0])
+    probabilities = []
+    for angle in np.linspace(0, np.pi, 7):
+        got = compare(a, np.array([np.cos(angle), np.sin(angle)]), ckpt)
+        assert got.same_probability == pytest.approx(1 / (1 + np.exp(-(6 - 6 * got.dissimilarity))), rel=1e-12)
+        probabilities.append(got.same_probability)
+    assert probabilities == sorted(probabilities, reverse=True) and probabilities[0] > 0.99 > 0.01 > probabilities[-1]
+    at_threshold = compare(np.array([0.0, 0.0]), np.array([0.6, 0.8]), ckpt)  # distance exactly 1
+    assert at_threshold.same_probability == 0.5 and not at_threshold.same
+    assert same_probability(np.array([1e6, -1e6]), (0.0, 1.0)).tolist() == [1.0, 0.0]  # no overflow

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from model.data.galleries import Item, class_name_from_folder, gallery_fingerprint, make_splits, scan_gallery
+from model.data.galleries import (
+    Item,
+    class_name_from_folder,
+    gallery_fingerprint,
+    make_splits,
+    scan_gallery,
+    select_items,
+)
 from model.data.sampling import ClassBalancedBatchSampler, article_pairs
 
 
@@ -98,3 +105,25 @@ def test_fingerprint_changes_when_a_file_changes(synthetic_gallery: Path) -> Non
     assert gallery_fingerprint(scan_gallery(synthetic_gallery)) == before
     next(synthetic_gallery.glob("red_circles/*.png")).unlink()
     assert gallery_fingerprint(scan_gallery(synthetic_gallery)) != before
+
+
+def test_select_items_by_glob_or_by_a_listing_file(synthetic_gallery: Path, tmp_path: Path) -> None:
+    g = scan_gallery(synthetic_gallery)
+    paths = [i.path for i in g.items]
+    by_name = select_items(g, "*_00[01].png")  # no slash: matched against the file name
+    assert [paths[k] for k in by_name] == [p for p in paths if p.endswith(("_000.png", "_001.png"))]
+    assert len(by_name) == 8
+    assert [paths[k] for k in select_items(g, "red_circles/*")] == [p for p in paths if p.startswith("red_circles/")]
+    listing = tmp_path / "queries.txt"
+    listing.write_text(f"# clean queries\n{paths[5]}\n\n{synthetic_gallery / paths[30]}\n")
+    assert select_items(g, str(listing)) == [5, 30]  # relative and absolute entries, in gallery order
+
+
+def test_select_items_refuses_to_name_nothing_or_unknown_photos(synthetic_gallery: Path, tmp_path: Path) -> None:
+    g = scan_gallery(synthetic_gallery)
+    with pytest.raises(ValueError, match="names none of the 48 photos"):
+        select_items(g, "*/ILSVRC2012_val_*")
+    listing = tmp_path / "queries.txt"
+    listing.write_text("red_circles/red_circles_000.png\nred_circles/missing.png\n")
+    with pytest.raises(ValueError, match="1 of the 2 photos it lists are not in"):
+        select_items(g, str(listing))

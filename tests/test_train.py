@@ -55,6 +55,8 @@ def test_train_eval_reload_end_to_end(synthetic_gallery: Path, tmp_path: Path, c
 
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt.threshold == metrics["threshold"] > 0
+    # Fine-tuning: no fold heads to train in seconds, so the held-out photos of the training classes calibrate.
+    assert ckpt.calibration["method"] == "closed pairs" and ckpt.platt is not None
     assert len(ckpt.splits["val_open"]) == 12 and len(ckpt.class_names) == 3
     assert ckpt.train_args["data_fingerprint"] and ckpt.metrics["closed"]["recall_at_1"] >= 0
 
@@ -78,7 +80,26 @@ def test_train_eval_reload_end_to_end(synthetic_gallery: Path, tmp_path: Path, c
     a, b = sorted(synthetic_gallery.glob("red_circles/*.png"))[:2]
     assert main(["compare", str(a), str(b), "--checkpoint", str(run / "best.pt"), "--json"]) == 0
     verdict = json.loads(capsys.readouterr().out)
+    assert 0 < verdict["same_probability"] < 1
     assert verdict["dissimilarity"] == pytest.approx(np.sqrt(max(0.0, 2 - 2 * verdict["similarity"])), abs=1e-4)
+
+
+def test_excluded_photos_stay_out_of_training_and_can_be_the_eval_queries(
+    synthetic_gallery: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    held = "*_00[0-2].png"  # 3 photos of each of the 4 classes
+    assert main(train_argv(synthetic_gallery, run, *TINY, "--max-steps", "1", "--exclude", held)) == 0
+    ckpt = load_checkpoint(run / "best.pt")
+    used = {p for name in ("train", "val", "val_open") for p, _ in ckpt.splits[name]}
+    assert len(used) == 48 - 12 and not any(re.search(r"_00[0-2]\.png$", p) for p in used)
+    capsys.readouterr()
+    argv = ["eval", "--checkpoint", str(run / "best.pt"), "--data", str(synthetic_gallery), "--queries", held]
+    assert main([*argv, "--json", "--workers", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["images"], report["queries"]) == (48, 12)
+    assert main([*argv, "--workers", "0"]) == 0
+    assert "48 images, 4 classes, 12 of them query;" in capsys.readouterr().out
 
 
 def test_training_lowers_the_loss_and_resume_continues(synthetic_gallery: Path, tmp_path: Path) -> None:
@@ -121,6 +142,15 @@ def test_frozen_mode_trains_the_head_only_on_cached_features(synthetic_gallery: 
     pretrained = build_backbone("efficientnet-lite0", pretrained=True).state_dict()
     for key, value in trained.backbone.state_dict().items():
         assert torch.equal(value, pretrained[key]), key
+    # The verdict is calibrated on classes held out from training: 2 folds of the 4 classes, a head each.
+    ckpt, metrics = load_checkpoint(run / "best.pt"), json.loads((run / "metrics.json").read_text())
+    calibration = ckpt.calibration
+    assert calibration["method"] == "cross-class" and calibration["pairs"] == 8000
+    assert sorted(c for fold in calibration["folds"] for c in fold) == ckpt.class_names
+    assert [len(fold) for fold in calibration["folds"]] == [2, 2]
+    assert ckpt.platt is not None and ckpt.platt[1] < 0  # farther apart, less likely the same
+    assert metrics["calibration"] == calibration and metrics["threshold"] == ckpt.threshold
+    assert 0 <= metrics["closed"]["brier"] <= 1 and 0 <= metrics["closed"]["ece"] <= 1
 
 
 @pytest.mark.parametrize(

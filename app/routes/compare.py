@@ -26,7 +26,8 @@ async def compare(
     images: Annotated[list[UploadFile], File(description="exactly two images (JPEG, PNG, WebP, GIF, BMP)")],
 ) -> CompareResponse:
     """Embed both images in one forward pass. ``dissimilarity`` is the Euclidean distance between the
-    embeddings; ``same`` is true when it is below the checkpoint's calibrated threshold."""
+    embeddings; ``same`` is true when it is below the checkpoint's calibrated threshold; ``same_probability``
+    is the calibrated probability of the same class. Both were calibrated on classes held out from training."""
     if len(images) != 2:
         raise ServiceError(422, "wrong_image_count", f"Send exactly two images; got {len(images)}.")
     uploads = [await read_upload(f, f"images[{i}]", service.settings.max_upload_bytes) for i, f in enumerate(images)]

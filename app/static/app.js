@@ -158,7 +158,9 @@
       const word = document.createElement("span");
       word.className = body.same ? "same" : "different";
       word.textContent = body.same ? "Same kind of dog" : "Different dogs";
-      verdict.append(word, document.createTextNode(
+      const chance = body.same_probability === null ? "" :
+        " · " + Math.round(100 * body.same_probability) + " % likely the same kind";
+      verdict.append(word, document.createTextNode(chance +
         " · dissimilarity " + body.dissimilarity.toFixed(3) + " (threshold " + body.threshold.toFixed(3) +
         ") · similarity " + body.similarity.toFixed(3)));
     } catch (e) {

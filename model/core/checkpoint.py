@@ -1,7 +1,8 @@
 """Self-describing checkpoints (nanoGPT style): everything needed to rebuild the identical network.
 
 A checkpoint holds the model arguments, the weights, the class names and splits it was trained on, the
-calibrated same/different threshold, its metrics and the library versions, plus ``content_hash``: a sha256
+calibrated same/different threshold and the Platt coefficients of ``same_probability`` (with how they were
+calibrated), its metrics and the library versions, plus ``content_hash``: a sha256
 of the architecture and the weights that the index stores and checks, so an index built by another model
 is refused.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from model.core.files import atomic_path
-from model.core.network import ModelConfig, SiameseNetwork
+from model.core.network import LEGACY_INPUT_NORM, ModelConfig, SiameseNetwork
 
 FORMAT_VERSION = 1
 
@@ -50,6 +51,8 @@ class Checkpoint:
     model: SiameseNetwork
     class_names: list[str] = field(default_factory=list)
     threshold: float = 1.0
+    platt: tuple[float, float] | None = None  # same_probability = sigmoid(a + b · distance); None: not calibrated
+    calibration: dict[str, Any] = field(default_factory=dict)  # how threshold and platt were calibrated
     splits: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     train_args: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +79,8 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> str:
         "backbone": ckpt.model.config.backbone,
         "class_names": ckpt.class_names,
         "threshold": ckpt.threshold,
+        "platt": list(ckpt.platt) if ckpt.platt is not None else None,
+        "calibration": ckpt.calibration,
         "splits": ckpt.splits,
         "metrics": ckpt.metrics,
         "train_args": ckpt.train_args,
@@ -98,9 +103,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"Checkpoint {path} is damaged or not an imgsim checkpoint: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"Checkpoint {path} is not an imgsim checkpoint of format {FORMAT_VERSION}.")
+    # A checkpoint that does not name its input scaling predates the option: it was trained on "imagenet".
+    model_args = {"input_norm": LEGACY_INPUT_NORM, **payload["model_args"]}
     # The weights come from the file, so the pretrained ones need not be fetched again.
     try:
-        config = ModelConfig(**{**payload["model_args"], "pretrained": False})
+        config = ModelConfig(**{**model_args, "pretrained": False})
         model = SiameseNetwork(config)
         model.load_state_dict(payload["model"])
     except (TypeError, RuntimeError) as exc:  # unknown model arguments, or weights of another architecture
@@ -108,7 +115,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"Checkpoint {path} was written by an incompatible version of imgsim ({exc}). "
             "Train it again with `imgsim train`."
         ) from exc
-    model.config = ModelConfig(**payload["model_args"])
+    model.config = ModelConfig(**model_args)
     model.eval()
     known = {
         "format_version",
@@ -119,6 +126,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         "backbone",
         "class_names",
         "threshold",
+        "platt",
+        "calibration",
         "splits",
         "metrics",
         "train_args",
@@ -128,6 +137,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         model=model,
         class_names=list(payload.get("class_names", [])),
         threshold=float(payload.get("threshold", 1.0)),
+        platt=_platt(payload.get("platt")),
+        calibration=dict(payload.get("calibration") or {}),
         splits=dict(payload.get("splits", {})),
         metrics=dict(payload.get("metrics", {})),
         train_args=dict(payload.get("train_args", {})),
@@ -135,3 +146,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         hash=str(payload["content_hash"]),
         path=path,
     )
+
+
+def _platt(value: object) -> tuple[float, float] | None:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return None  # absent: a checkpoint from before same_probability
+    return float(value[0]), float(value[1])

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.core.backbones import build_backbone
+from model.core.backbones import INPUT_NORMS, build_backbone, native_image_size
 
 HEADS = ("anchored", "residual", "mlp")
+LEGACY_INPUT_NORM = "imagenet"  # what a checkpoint without ``input_norm`` was trained with
 
 
 @dataclass
@@ -23,10 +24,17 @@ class ModelConfig:
     learned_weight: float = 0.3  # anchored head: the most the learnt half can move a cosine similarity
     learned_dim: int | None = None  # anchored head: dimensions of the learnt half (default embedding_dim // 8)
     class_weight: float = 0.5  # anchored head: share of the anchor given to the ImageNet class probabilities
-    image_size: int = 224
+    image_size: int = 0  # 0: the backbone's native size (lite0 224, lite1 240, lite2 260, else 224)
     pretrained: bool = True
+    # The input scaling the backbone sees (model/core/backbones.py): "native" for new checkpoints; a checkpoint
+    # that does not name it predates the option and is loaded as "imagenet", which is what it was trained with.
+    input_norm: str = "native"
 
     def __post_init__(self) -> None:
+        if self.image_size == 0:
+            self.image_size = native_image_size(self.backbone)
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"Unknown input_norm {self.input_norm!r}. Only {', '.join(INPUT_NORMS)} are supported.")
         if self.head not in HEADS:
             raise ValueError(f"Unknown head {self.head!r}. Only {', '.join(HEADS)} are supported.")
         if not 0.0 <= self.learned_weight <= 1.0:
@@ -41,7 +49,13 @@ class ModelConfig:
             raise ValueError(f"learned_dim must be in [1, embedding_dim), got {self.learned_dim}.")
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """The model arguments a checkpoint stores (and hashes). ``input_norm="imagenet"`` is left out, as
+        checkpoints made before the option left it out: their content hash, and so their index and their cached
+        ONNX export, stay the same."""
+        args = asdict(self)
+        if self.input_norm == LEGACY_INPUT_NORM:
+            del args["input_norm"]
+        return args
 
 
 class EmbeddingHead(nn.Module):
@@ -167,7 +181,7 @@ class SiameseNetwork(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = build_backbone(config.backbone, pretrained=config.pretrained)
+        self.backbone = build_backbone(config.backbone, pretrained=config.pretrained, input_norm=config.input_norm)
         self.head = EmbeddingHead(
             self.backbone.feature_dim, config.embedding_dim, config, classifier=self.backbone.imagenet_head()
         )

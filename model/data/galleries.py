@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import random
 import re
 from collections.abc import Sequence
@@ -124,6 +125,47 @@ def make_splits(
         splits.val.extend(sorted(members[:n_val], key=lambda i: i.path))
         splits.train.extend(sorted(members[n_val:], key=lambda i: i.path))
     return splits
+
+
+def select_items(gallery: Gallery, spec: str) -> list[int]:
+    """Rows of ``gallery.items`` named by ``spec``, in gallery order: the photos ``imgsim eval --queries`` queries
+    with and ``imgsim train --exclude`` keeps out of training.
+
+    ``spec`` is a file listing photos, one per line (relative to the gallery folder or absolute; blank lines
+    and ``#`` comments ignored), or else a glob matched against each photo's path relative to the gallery
+    folder (``*/ILSVRC2012_val_*``), or against its file name when the glob has no ``/`` (``ILSVRC2012_val_*``).
+    Naming no photo, or listing one that is not in the gallery, is an error: a typo must not evaluate on
+    nothing or train on everything.
+    """
+    listing = Path(spec)
+    if listing.is_file():
+        root = gallery.root.resolve()
+        wanted = set()
+        for line in listing.read_text().splitlines():
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            path = Path(entry)
+            if path.is_absolute() and path.resolve().is_relative_to(root):
+                path = path.resolve().relative_to(root)
+            wanted.add(path.as_posix())
+        rows = [k for k, item in enumerate(gallery.items) if item.path in wanted]
+        missing = len(wanted) - len(rows)
+        if missing:
+            raise ValueError(f"{spec}: {missing} of the {len(wanted)} photos it lists are not in {gallery.root}.")
+    else:
+        name_only = "/" not in spec
+        rows = [
+            k
+            for k, item in enumerate(gallery.items)
+            if fnmatch.fnmatchcase(item.path.rsplit("/", 1)[-1] if name_only else item.path, spec)
+        ]
+    if not rows:
+        raise ValueError(
+            f"{spec!r} names none of the {len(gallery.items)} photos in {gallery.root}: give a file listing photos "
+            "or a glob such as '*/ILSVRC2012_val_*'."
+        )
+    return rows
 
 
 def gallery_fingerprint(gallery: Gallery) -> str:

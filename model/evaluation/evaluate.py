@@ -12,6 +12,7 @@ import torch
 from model.core.backbones import build_backbone
 from model.core.network import SiameseNetwork, frozen_embedding
 from model.data.galleries import Item
+from model.evaluation.calibration import probability_metrics
 from model.evaluation.metrics import calibrate_threshold, retrieval_metrics, sample_pairs, verification_metrics
 from model.inference.features import cached_features, compute_features
 
@@ -36,6 +37,16 @@ class EvalResult:
     labels: dict[str, list[str]] = field(default_factory=dict)
     pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     threshold: float = 1.0
+
+    def set_verdict(self, threshold: float, platt: tuple[float, float] | None) -> None:
+        """Measure every set's pairs at the shipped ``threshold`` (accuracy) and, with ``platt``, the calibration
+        of ``same_probability`` (Brier score, expected calibration error)."""
+        self.threshold = threshold
+        for name, pairs in self.pairs.items():
+            distances, dissimilar = _distances(self.embeddings[name], pairs), pairs[2]
+            self.verification[name]["accuracy"] = float(((distances >= threshold) == dissimilar.astype(bool)).mean())
+            if platt is not None:
+                self.verification[name].update(probability_metrics(distances, 1 - dissimilar, platt))
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"threshold": self.threshold}
@@ -94,7 +105,7 @@ def evaluate_sets(
     kw = dict(image_size=config.image_size, num_workers=workers, device=device, progress=progress)
     reference = None
     if with_baseline and not frozen and config.backbone != "seed-cnn":
-        reference = build_backbone(config.backbone, pretrained=True).to(device)
+        reference = build_backbone(config.backbone, pretrained=True, input_norm=config.input_norm).to(device)
     result = EvalResult()
     for s in sets:
         labels = [i.label for i in s.items]

@@ -11,9 +11,9 @@ import numpy as np
 from model.core.checkpoint import load_checkpoint
 from model.core.device import resolve_device
 from model.core.images import ImageError, load_image, probe
-from model.data.galleries import scan_gallery
+from model.data.galleries import scan_gallery, select_items
 from model.evaluation.evaluate import EvalResult, EvalSet, evaluate_sets
-from model.evaluation.metrics import roc_curve
+from model.evaluation.metrics import calibrate_threshold, roc_curve
 from model.evaluation.plots import plot_distance_histogram, plot_montage, plot_roc
 from model.inference.compare import Comparison, compare
 from model.inference.embedder import Embedder
@@ -27,6 +27,9 @@ REPORT_KEYS = (
     "roc_auc",
     "eer",
     "accuracy",
+    "oracle_accuracy",
+    "brier",
+    "ece",
 )
 
 
@@ -39,14 +42,21 @@ def evaluate_checkpoint(
     workers: int = 2,
     progress: bool = True,
     montage_queries: int = 6,
+    queries: str | None = None,
 ) -> dict[str, Any]:
-    """Leave-one-out retrieval over every image of ``data`` and pair verification at the checkpoint's
-    threshold, each beside the frozen pretrained backbone; writes the plots to ``out``."""
+    """Retrieval over the images of ``data`` and pair verification at the checkpoint's threshold, each beside
+    the frozen pretrained backbone; writes the plots to ``out``.
+
+    Every image queries all the others (leave-one-out), or only those ``queries`` names (a glob or a file
+    listing photos, see :func:`~model.data.galleries.select_items`) query the whole gallery, and the
+    verification pairs are drawn among them: photos the backbone and the head never trained on give the
+    honest numbers."""
     ckpt = load_checkpoint(checkpoint)
     gallery = scan_gallery(data, min_per_class=1)
     frozen = ckpt.train_args.get("mode", "frozen") == "frozen" and ckpt.config.pretrained
     cache_dir = Path(ckpt.path).parent / "cache" if ckpt.path else None
-    s = EvalSet("all", gallery.items)
+    query_rows = select_items(gallery, queries) if queries else None
+    s = EvalSet("all", gallery.items, queries=query_rows)
     result = evaluate_sets(
         ckpt.model,
         gallery.root,
@@ -59,12 +69,19 @@ def evaluate_checkpoint(
         with_baseline=True,
         threshold=ckpt.threshold,
     )
+    result.set_verdict(ckpt.threshold, ckpt.platt)  # Brier and ECE of same_probability, when it has one
+    i, j, dissimilar = result.pairs["all"]
+    distances = np.linalg.norm(result.embeddings["all"][i] - result.embeddings["all"][j], axis=1)
+    oracle = calibrate_threshold(distances, dissimilar)
+    result.verification["all"]["oracle_accuracy"] = float(((distances >= oracle) == dissimilar.astype(bool)).mean())
     report: dict[str, Any] = {k: result.retrieval["all"].get(k, result.verification["all"].get(k)) for k in REPORT_KEYS}
     report["threshold"] = ckpt.threshold
     baseline = result.baseline.get("all", {})
     report["baseline"] = {k: baseline.get(k) for k in (*REPORT_KEYS, "threshold")}
+    report["baseline"]["oracle_accuracy"] = baseline.get("accuracy")  # its threshold is fitted on these pairs
     report.update(
         images=len(gallery.items),
+        queries=len(query_rows) if query_rows is not None else len(gallery.items),
         classes=len(gallery.classes),
         checkpoint=str(checkpoint),
         model_hash=ckpt.hash,
@@ -72,14 +89,21 @@ def evaluate_checkpoint(
     )
     out_dir = Path(out) if out else Path(ckpt.path or ".").parent / f"eval-{Path(data).resolve().name}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    _plots(result, gallery.root, [i.path for i in gallery.items], ckpt.threshold, out_dir, montage_queries)
+    paths = [i.path for i in gallery.items]
+    _plots(result, gallery.root, paths, query_rows, ckpt.threshold, out_dir, montage_queries)
     report["plots"] = str(out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     return report
 
 
 def _plots(
-    result: EvalResult, root: Path, paths: list[str], threshold: float, out: Path, n_queries: int
+    result: EvalResult,
+    root: Path,
+    paths: list[str],
+    query_rows: list[int] | None,
+    threshold: float,
+    out: Path,
+    n_queries: int,
 ) -> None:
     emb, labels, (i, j, y) = result.embeddings["all"], result.labels["all"], result.pairs["all"]
     distances = np.linalg.norm(emb[i] - emb[j], axis=1)
@@ -94,7 +118,8 @@ def _plots(
     plot_distance_histogram(distances, y, threshold, out / "distances.png")
     rng = np.random.default_rng(0)
     rows = []
-    for q in rng.choice(len(paths), size=min(n_queries, len(paths)), replace=False):
+    candidates = np.arange(len(paths)) if query_rows is None else np.asarray(query_rows)
+    for q in rng.choice(candidates, size=min(n_queries, len(candidates)), replace=False):
         d = np.linalg.norm(emb - emb[q], axis=1)
         d[q] = np.inf
         nearest = np.argsort(d)[:5]
@@ -105,7 +130,9 @@ def _plots(
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [
-        f"{report['images']} images, {report['classes']} classes; checkpoint {report['checkpoint']}",
+        f"{report['images']} images, {report['classes']} classes"
+        + (f", {report['queries']} of them query" if report["queries"] != report["images"] else "")
+        + f"; checkpoint {report['checkpoint']}",
         f"{'metric':<16}{'trained':>10}{'baseline':>10}{'change':>10}",
     ]
     for key in (*REPORT_KEYS, "threshold"):
@@ -113,15 +140,15 @@ def format_report(report: dict[str, Any]) -> str:
         if value is None:
             continue
         change = f"{value - base:+.3f}" if isinstance(base, float) and key != "threshold" else ""
-        lines.append(
-            f"{key:<16}{value:>10.3f}{(base if base is not None else float('nan')):>10.3f}{change:>10}"
-        )
+        shown = f"{base:>10.3f}" if base is not None else " " * 10
+        lines.append(f"{key:<16}{value:>10.3f}{shown}{change:>10}")
     lines.append(
         "baseline = the frozen pretrained backbone's pooled features (unit length); eer lower is better"
     )
     lines.append(
-        "accuracy: trained at the checkpoint's threshold (calibrated at training time); baseline at a threshold "
-        "calibrated on these very pairs (optimistic)"
+        "accuracy: trained at the checkpoint's threshold (calibrated at training time); oracle_accuracy and the "
+        "baseline's accuracy:\n  at a threshold calibrated on these very pairs (optimistic); brier, ece: of the "
+        "checkpoint's same_probability on these pairs"
     )
     lines.append(f"plots: {report['plots']}/roc.png, distances.png, montage.png")
     return "\n".join(lines)
@@ -140,13 +167,13 @@ def read_checked(path: str | Path) -> bytes:
 
 
 def compare_images(
-    image1: str | Path, image2: str | Path, checkpoint: str | Path, device: str = "auto"
+    image1: str | Path, image2: str | Path, checkpoint: str | Path, device: str = "auto", precision: str = "auto"
 ) -> Comparison:
     """``imgsim compare``: the verdict ``POST /v1/compare`` gives on the same two files. Each is decoded and
     cropped as the service and the index do (JPEG ``draft`` at the preset's resize size), both are embedded
     in one batch, and :func:`model.inference.compare.compare` gives the answer."""
     uploads = [read_checked(p) for p in (image1, image2)]  # a bad file is named before the model loads
-    embedder = Embedder(checkpoint, device=device)
+    embedder = Embedder(checkpoint, device=device, precision=precision)
     a, b = embedder.embed_uploads(uploads)
     for path, row in ((image1, a), (image2, b)):
         if isinstance(row, ImageError):

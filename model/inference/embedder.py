@@ -50,11 +50,13 @@ class EmbedResult:
 
 
 class Embedder:
-    """``Embedder(ckpt, device="auto", engine="auto")``; extra keyword options go to the engine.
+    """``Embedder(ckpt, device="auto", engine="auto", precision="auto")``; extra keyword options go to the engine.
 
-    Engine options: ``torch``: ``precision`` (auto|fp32|fp16|bf16; auto is fp16 on CUDA, fp32 on CPU),
-    ``channels_last`` (default on CUDA), ``compile`` (torch.compile). ``onnx``: ``threads`` (ORT intra-op
-    threads, default all cores), ``spin`` (ORT spin-waiting, default off), ``cache_dir``.
+    ``precision``: auto|fp32|int8|fp16|bf16 (:mod:`model.inference.engines`): auto is int8 on the CPU for a
+    checkpoint that can be quantised (``calibration_images``, or the training photos it names), else fp32;
+    fp16 on CUDA. Engine options: ``torch``: ``channels_last`` (default on CUDA), ``compile`` (torch.compile).
+    ``onnx``: ``threads`` (ORT intra-op threads, default all cores), ``spin`` (ORT spin-waiting, default off),
+    ``cache_dir``.
     ``gpu_decode`` (default True): decode JPEGs on the GPU when the device is CUDA. ``max_pixels``: the pixel cap
     of uploads (files always use the loader's default).
     """
@@ -66,18 +68,22 @@ class Embedder:
         engine: str = "auto",
         gpu_decode: bool = True,
         max_pixels: int = MAX_PIXELS,
+        precision: str = "auto",
+        calibration_images: Sequence[Path] | None = None,
         **engine_options: object,
     ) -> None:
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.device = resolve_device(device)
         self.model = self.checkpoint.model.eval()
         self.preset = EvalPreset(self.checkpoint.config.image_size)
-        self.engine: Engine = build_engine(self.checkpoint, self.device, engine, **engine_options)
+        self.engine: Engine = build_engine(
+            self.checkpoint, self.device, engine, precision, calibration_images, **engine_options
+        )
         self.gpu_decode = gpu_decode and self.device.type == "cuda"
         self.max_pixels = max_pixels
         self._passes = 0  # forward passes of embed_uploads running now
         self._passes_lock = threading.Lock()
-        log.info("embedding with engine %s on %s", self.engine.name, self.device)
+        log.info("embedding with engine %s (%s) on %s", self.engine.name, self.engine.precision, self.device)
 
     @property
     def dim(self) -> int:
@@ -86,6 +92,11 @@ class Embedder:
     @property
     def engine_name(self) -> str:
         return self.engine.name
+
+    @property
+    def precision(self) -> str:
+        """fp32, int8, fp16 or bf16: what a gallery of these embeddings records."""
+        return self.engine.precision
 
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """Transformed images (n, 3, h, w) -> unit-length embeddings (n, d) float32."""

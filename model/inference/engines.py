@@ -3,17 +3,23 @@
 ``torch`` is the reference (eager PyTorch; on CUDA with fp16/bf16 autocast and channels_last), always
 available. ``onnx`` runs the exported graph with ONNX Runtime: about 10x less CPU per image than eager
 PyTorch for efficientnet-lite0 (11 vs 110-130 CPU ms; BatchNorm folded into the convolutions, fused kernels,
-no Python per layer) with the same embeddings (cosine > 0.99999). ``auto`` picks ``onnx`` on CPU when
-onnxruntime imports and ``torch`` on CUDA. (Measured and not adopted: ORT static int8 quantisation halves
-the CPU per image but moves embeddings to cosine 0.98 min / 0.994 mean, and needs calibration photos.)
+no Python per layer) with the same embeddings (cosine > 0.99999) in fp32, and 2.4x less again in int8
+(:mod:`model.inference.quantize`: Recall@1 unchanged, embeddings at cosine about 0.995 to fp32).
+``auto`` picks ``onnx`` on CPU when onnxruntime imports and ``torch`` on CUDA.
+
+Precision: ``auto`` is int8 with ``onnx`` for a checkpoint that can be quantised (it names its training
+photos, or calibration photos are given, or its int8 file is cached), else fp32; fp16 with ``torch`` on CUDA.
+Embeddings of int8 and of the float precisions differ slightly, so galleries record which they hold
+(``index.gallery.same_numerics``); fp16/bf16 on CUDA match fp32 to cosine > 0.999 and count as float.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,17 +27,20 @@ import torch
 from model.core.checkpoint import Checkpoint
 from model.core.device import cpu_count
 from model.inference.onnx_export import INPUT_NAME, MIN_COSINE, check_matches, export_onnx, onnx_path
+from model.inference.quantize import QuantizationError, cached_int8, checkpoint_photos, make_int8, rejected_int8
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "onnx")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+
 
 
 class Engine(Protocol):
     """Runs the encoder. Calls may come from several threads at once (model instances, embedding workers)."""
 
     name: str
+    precision: str  # what it computes in: fp32, fp16, bf16 or int8
     # How many single-threaded calls are worth running at once: one per core where each call keeps to one core
     # (ONNX Runtime), 1 where the engine's threads are shared by the whole process (PyTorch).
     concurrent_calls: int
@@ -66,6 +75,8 @@ class TorchEngine:
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {precision!r}. Only {', '.join(PRECISIONS)} are supported.")
+        if precision == "int8":
+            raise ValueError("precision int8 runs on ONNX Runtime on the CPU: use engine onnx (or auto on the CPU).")
         cuda = device.type == "cuda"
         self.device = device
         self.precision = ("fp16" if cuda else "fp32") if precision == "auto" else precision
@@ -110,44 +121,63 @@ def session_options(threads: int | None = None, spin: bool = False) -> object:
 
 
 class OnnxEngine:
-    """ONNX Runtime on the CPU, from the cached export of the checkpoint (exported first when missing)."""
+    """ONNX Runtime on the CPU, from the cached export of the checkpoint (exported first when missing), in fp32
+    or int8 (quantised first when missing, with ``calibration_images`` or the checkpoint's training photos)."""
 
     name = "onnx"
 
     def __init__(
-        self, ckpt: Checkpoint, threads: int | None = None, spin: bool = False, cache_dir: Path | None = None
+        self,
+        ckpt: Checkpoint,
+        threads: int | None = None,
+        spin: bool = False,
+        cache_dir: Path | None = None,
+        precision: str = "auto",
+        calibration_images: Sequence[Path] | None = None,
     ) -> None:
         import onnxruntime as ort
 
+        if precision not in ("auto", "fp32", "int8"):
+            raise ValueError(f"engine onnx runs in fp32 or int8, not {precision!r} (that needs CUDA, engine torch).")
         self.concurrent_calls = cpu_count()
-        self.path = onnx_path(ckpt, cache_dir)
+        fp32_path = onnx_path(ckpt, cache_dir)
+        photos = list(calibration_images) if calibration_images else checkpoint_photos(ckpt)
+        auto = precision == "auto"
+        if auto:
+            quantisable = (photos or cached_int8(fp32_path)) and not rejected_int8(fp32_path)
+            precision = "int8" if quantisable else "fp32"
         options = session_options(threads, spin)
-        session = None
-        if self.path.is_file():
-            session = self._open_verified(ckpt, options)
-        if session is None:
-            log.info("exporting the encoder to ONNX: %s", self.path)
-            export_onnx(ckpt, self.path)
-            session = self._open_verified(ckpt, options)
-            if session is None:
-                raise RuntimeError(f"The ONNX export {self.path} does not match PyTorch; use --engine torch.")
-        self.session: ort.InferenceSession = session
+        self.path = fp32_path
+        if precision == "int8":
+            try:
+                self.path = cached_int8(fp32_path) or make_int8(
+                    fp32_path, self._fp32_session(ckpt, fp32_path, session_options(1)), ckpt.config.image_size, photos
+                )
+            except QuantizationError as exc:
+                if not auto:
+                    raise
+                log.warning("no int8 model (%s); precision auto embeds in fp32", exc)
+                precision = "fp32"
+        self.precision = precision
+        if precision == "int8":
+            self.session: ort.InferenceSession = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+        else:
+            self.session = self._fp32_session(ckpt, fp32_path, options)
         self._single: ort.InferenceSession | None = None
         self._lock = threading.Lock()
 
-    def _open_verified(self, ckpt: Checkpoint, options: object) -> object | None:
-        """The session if the file loads and matches eager PyTorch, else None (the caller re-exports)."""
-        import onnxruntime as ort
-
-        try:
-            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-            cos = check_matches(ckpt, lambda x: session.run(None, {INPUT_NAME: x})[0])
-        except Exception as exc:  # ORT raises its own types for a damaged file
-            log.warning("cached ONNX export %s is unusable (%s); re-exporting", self.path, exc)
-            return None
-        if cos < MIN_COSINE:
-            log.warning("cached ONNX export %s differs from PyTorch (cosine %.6f)", self.path, cos)
-            return None
+    @staticmethod
+    def _fp32_session(ckpt: Checkpoint, path: Path, options: object) -> Any:
+        """A session of the fp32 export, verified against eager PyTorch; exported (again) when missing or wrong."""
+        session = _open_verified(ckpt, path, options) if path.is_file() else None
+        if session is None:
+            log.info("exporting the encoder to ONNX: %s", path)
+            export_onnx(ckpt, path)
+            session = _open_verified(ckpt, path, options)
+            if session is None:
+                raise RuntimeError(f"The ONNX export {path} does not match PyTorch; use --engine torch.")
         return session
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
@@ -165,6 +195,22 @@ class OnnxEngine:
         return self._single.run(None, {INPUT_NAME: _as_input(batch)})[0]
 
 
+def _open_verified(ckpt: Checkpoint, path: Path, options: object) -> Any:
+    """The session if the file loads and matches eager PyTorch, else None (the caller re-exports)."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        cos = check_matches(ckpt, lambda x: session.run(None, {INPUT_NAME: x})[0])
+    except Exception as exc:  # ORT raises its own types for a damaged file
+        log.warning("cached ONNX export %s is unusable (%s); re-exporting", path, exc)
+        return None
+    if cos < MIN_COSINE:
+        log.warning("cached ONNX export %s differs from PyTorch (cosine %.6f)", path, cos)
+        return None
+    return session
+
+
 def _as_input(batch: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
 
@@ -177,14 +223,32 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def build_engine(ckpt: Checkpoint, device: torch.device, engine: str = "auto", **options: object) -> Engine:
-    """The engine by name; ``auto`` is the fastest correct one for the device."""
+def precision_for_gallery(recorded: str | None, device: torch.device) -> str:
+    """What precision ``auto`` means beside a gallery embedded in ``recorded`` (None: no gallery yet, so auto):
+    int8 stays int8; a float gallery gets its own precision where this device runs it, else fp32."""
+    if recorded is None:
+        return "auto"
+    return recorded if recorded == "int8" or device.type == "cuda" else "fp32"
+
+
+def build_engine(
+    ckpt: Checkpoint,
+    device: torch.device,
+    engine: str = "auto",
+    precision: str = "auto",
+    calibration_images: Sequence[Path] | None = None,
+    **options: object,
+) -> Engine:
+    """The engine by name; ``auto`` is the fastest correct one for the device (and the precision)."""
     if engine not in ENGINES:
         raise ValueError(f"Unknown engine {engine!r}. Only {', '.join(ENGINES)} are supported.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}. Only {', '.join(PRECISIONS)} are supported.")
     if engine == "onnx" and device.type != "cpu":
         raise ValueError("engine onnx runs on the CPU only; on CUDA use engine torch (fp16 autocast).")
     if engine == "auto":
-        engine = "onnx" if device.type == "cpu" and onnxruntime_available() else "torch"
+        onnx = device.type == "cpu" and onnxruntime_available() and precision in ("auto", "fp32", "int8")
+        engine = "onnx" if onnx else "torch"
     if engine == "onnx":
-        return OnnxEngine(ckpt, **options)  # type: ignore[arg-type]
-    return TorchEngine(ckpt, device, **options)  # type: ignore[arg-type]
+        return OnnxEngine(ckpt, precision=precision, calibration_images=calibration_images, **options)  # type: ignore[arg-type]
+    return TorchEngine(ckpt, device, precision=precision, **options)  # type: ignore[arg-type]

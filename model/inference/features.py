@@ -70,7 +70,7 @@ def cached_features(
 ) -> torch.Tensor:
     """:func:`compute_features`, memoised per file in ``cache_dir``.
 
-    One cache file per (backbone weights, image size, gallery root) maps each relative path to its size,
+    One cache file per (backbone weights, input scaling, image size, gallery root) maps each relative path to its size,
     mtime and feature vector, so any subset of a gallery (train, validation, all) reuses what was computed.
     """
     if cache_dir is None:
@@ -78,7 +78,8 @@ def cached_features(
     key = hashlib.sha256()
     key.update(
         content_hash(
-            {"backbone": backbone_name, "image_size": kwargs.get("image_size", 224)}, backbone.state_dict()
+            {"backbone": backbone_name, "image_size": kwargs.get("image_size", 224), "input_norm": backbone.input_norm},
+            backbone.state_dict(),
         ).encode()
     )
     key.update(str(Path(root).resolve()).encode())

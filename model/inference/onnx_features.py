@@ -42,7 +42,7 @@ def onnx_features(backbone: nn.Module, image_size: int) -> Features | None:
     if not onnxruntime_available():
         return None
     state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
-    key = content_hash({"image_size": image_size}, state)
+    key = content_hash({"image_size": image_size, "input_norm": getattr(backbone, "input_norm", "imagenet")}, state)
     with _lock:
         if key not in _runners:
             _runners[key] = _export_and_verify(backbone, image_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from model.core.backbones import BACKBONES, INPUT_NORMS
 from model.core.network import HEADS
 from model.data.sampling import SAMPLERS
 from model.training.losses import LOSSES
@@ -25,7 +26,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         dest="out",
         help="run folder: best.pt, last.pt, loss.png, metrics.json (--out: old spelling)",
     )
-    p.add_argument("--backbone", default="efficientnet-lite0", help="efficientnet-lite0, resnet18, resnet50, seed-cnn")
+    p.add_argument("--backbone", default="efficientnet-lite0", help=", ".join(BACKBONES))
     p.add_argument("--embedding-dim", type=int, default=256, help="length of the embedding (%(default)s)")
     p.add_argument("--head", default="anchored", choices=HEADS, help="embedding head (%(default)s)")
     p.add_argument("--loss", default="contrastive", choices=LOSSES, help="contrastive (the article's) or triplet")
@@ -43,7 +44,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=0.5,
         help="anchored head: share of the frozen anchor given to the backbone's ImageNet class probabilities",
     )
-    p.add_argument("--image-size", type=int, default=224, help="side of the square crop the model sees (%(default)s)")
+    p.add_argument(
+        "--image-size", type=int, default=0, help="0: the backbone's native size (lite0 224, lite1 240, lite2 260)"
+    )
+    p.add_argument(
+        "--input-norm",
+        default="native",
+        choices=INPUT_NORMS,
+        help="native: the input scaling the backbone's weights were trained with ([-1, 1] for EfficientNet-Lite); "
+        "imagenet: ImageNet mean/std for every backbone (checkpoints before this option)",
+    )
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (seed-cnn always is)")
     p.add_argument(
         "--mode",
@@ -78,6 +88,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     p.add_argument("--val-fraction", type=float, default=0.2, help="closed set: share of each class held out")
+    p.add_argument(
+        "--exclude",
+        default=None,
+        metavar="GLOB|FILE",
+        help="photos never used to train, select or calibrate (e.g. the clean queries of `imgsim eval --queries`): "
+        "a glob on paths under --data ('*/ILSVRC2012_val_*') or a file listing them",
+    )
     p.add_argument("--open-classes", default="", help="comma-separated classes held out whole (open set)")
     p.add_argument("--num-open-classes", type=int, default=0, help="or: this many classes drawn with --seed")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits, sampling and initialisation")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,17 @@ class StepContext:
     distill: float
     teacher: nn.Module | None
     class_to_idx: dict[str, int]
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup: float, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate: a linear warm-up over the first ``warmup`` fraction of the steps, then cosine decay."""
+    warm = max(1, int(total_steps * warmup))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
+    )
 
 
 def structure_loss(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

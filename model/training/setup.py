@@ -22,11 +22,11 @@ from model.core.device import resolve_device
 from model.core.network import ModelConfig, SiameseNetwork
 from model.core.presets import TrainPreset
 from model.data.datasets import ImageItems
-from model.data.galleries import Gallery, Splits, gallery_fingerprint, make_splits, scan_gallery
+from model.data.galleries import Gallery, Item, Splits, gallery_fingerprint, make_splits, scan_gallery, select_items
 from model.data.sampling import ClassBalancedBatchSampler
 from model.evaluation.evaluate import EvalSet
 from model.inference.features import cached_features
-from model.training.loop import PairBatches, StepContext
+from model.training.loop import PairBatches, StepContext, warmup_cosine
 from model.training.losses import build_loss
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def setup(args: argparse.Namespace) -> TrainingRun:
     gallery = scan_gallery(args.data)
     open_classes = [c.strip() for c in args.open_classes.split(",") if c.strip()]
     splits = make_splits(
-        gallery.items,
+        _training_items(gallery, args.exclude),
         seed=args.seed,
         val_fraction=args.val_fraction,
         open_classes=open_classes,
@@ -125,6 +125,15 @@ def setup(args: argparse.Namespace) -> TrainingRun:
     return run
 
 
+def _training_items(gallery: Gallery, exclude: str | None) -> list[Item]:
+    """The gallery's photos less those ``--exclude`` names: they stay out of every split."""
+    if not exclude:
+        return gallery.items
+    excluded = set(select_items(gallery, exclude))
+    log.info("--exclude %s: %d of %d photos kept out of training", exclude, len(excluded), len(gallery.items))
+    return [item for k, item in enumerate(gallery.items) if k not in excluded]
+
+
 def _model_config(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(
         backbone=args.backbone,
@@ -137,6 +146,7 @@ def _model_config(args: argparse.Namespace) -> ModelConfig:
         class_weight=args.class_weight if not args.no_pretrained else 0.0,
         image_size=args.image_size,
         pretrained=not args.no_pretrained and args.backbone != "seed-cnn",
+        input_norm=args.input_norm,
     )
 
 
@@ -258,12 +268,7 @@ def _optimizer(
     if args.mode == "finetune":
         groups.append({"params": list(model.backbone.parameters()), "lr": args.lr * args.backbone_lr_scale})
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    warmup = max(1, int(total_steps * args.warmup))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
-    )
-    return optimizer, scheduler
+    return optimizer, warmup_cosine(optimizer, args.warmup, total_steps)
 
 
 def _train_args(args: argparse.Namespace, gallery: Gallery) -> dict[str, Any]:

@@ -6,7 +6,7 @@ Two modes share one loop:
 - ``finetune``: the whole network trains on augmented images, the backbone at a lower learning rate.
 
 ``train`` is :func:`~model.training.setup.setup`, then :func:`run_epochs` (train, validate, keep the best, stop
-early), then :func:`finish` (calibrate the threshold on the best checkpoint and measure it).
+early), then :func:`finish` (calibrate the same/different verdict of the best checkpoint and measure it).
 ``torchrun --nproc_per_node N -m model.training.train ...`` runs the same command with DDP (NCCL on CUDA, gloo on CPU).
 """
 
@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 from model.core.checkpoint import Checkpoint, library_versions, load_checkpoint, save_checkpoint
-from model.evaluation.evaluate import evaluate_sets
+from model.evaluation.evaluate import EvalResult, evaluate_sets
 from model.evaluation.plots import plot_loss
 from model.training.args import check_args, get_args_parser
+from model.training.calibrate import Verdict, calibrate_verdict
 from model.training.loop import train_one_epoch, validation_loss
 from model.training.setup import TrainingRun, setup
 
@@ -147,7 +149,8 @@ def selection_score(retrieval: dict[str, dict[str, float]], step: int) -> float:
 
 
 def finish(run: TrainingRun, seconds: float) -> dict[str, Any]:
-    """Reload the best checkpoint, calibrate its threshold on validation pairs, measure it, save it again."""
+    """Reload the best checkpoint, calibrate its verdict (:mod:`model.training.calibrate`), measure it, save it
+    again."""
     out = run.out
     best = load_checkpoint(out / "best.pt", map_location=run.device)
     result = evaluate_sets(
@@ -161,13 +164,30 @@ def finish(run: TrainingRun, seconds: float) -> dict[str, Any]:
         progress=not run.args.no_progress,
         with_baseline=True,
     )
-    best.threshold = result.threshold
-    metrics = {**result.summary(), "train_seconds": round(seconds, 1), "versions": library_versions()}
+    verdict = _calibrate(run, best, result)
+    best.threshold, best.platt, best.calibration = verdict.threshold, verdict.platt, verdict.record
+    result.set_verdict(verdict.threshold, verdict.platt)
+    metrics = {
+        **result.summary(),
+        "calibration": verdict.record,
+        "train_seconds": round(seconds, 1),
+        "versions": library_versions(),
+    }
     best.metrics = metrics
     save_checkpoint(best, out / "best.pt")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("best checkpoint %s (hash %s…), threshold %.3f", out / "best.pt", best.hash[:12], best.threshold)
     return metrics
+
+
+def _calibrate(run: TrainingRun, best: Checkpoint, result: EvalResult) -> Verdict:
+    """The verdict calibrated on classes held out from training, from the features of the training classes'
+    photos (training and held-out ones: the closed set's, else the training inputs)."""
+    features: torch.Tensor | None = result.features.get("closed", run.train_inputs)
+    items = run.splits.train + run.splits.val if "closed" in result.features else run.splits.train
+    is_val = np.arange(len(items)) >= len(run.splits.train)
+    labels = [i.label for i in items]
+    return calibrate_verdict(best.model, run.args, result, features, labels, is_val, run.device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

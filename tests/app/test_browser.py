@@ -115,6 +115,7 @@ def test_page_search_and_compare(settings: Settings, gallery_files: list[Path], 
         wait.until(lambda d: "dissimilarity" in d.find_element(By.ID, "verdict").text)
         verdict = driver.find_element(By.ID, "verdict").text
         assert verdict.startswith("Same kind of dog") and "dissimilarity 0.000 (threshold 0.500)" in verdict
+        assert "98 % likely the same kind" in verdict  # sigmoid(4 - 8 · 0): the tiny checkpoint's probability
 
         driver.find_element(By.ID, "compare-b").send_keys(str(gallery_files[40]))
         driver.find_element(By.ID, "compare-btn").click()

@@ -44,3 +44,4 @@ def test_the_cli_and_the_api_agree(
             # One forward pass each, on equal pixels: equal up to ONNX Runtime's thread-count rounding.
             assert cli["dissimilarity"] == pytest.approx(api["dissimilarity"], abs=1e-5), (first, second)
             assert cli["similarity"] == pytest.approx(api["similarity"], abs=1e-5), (first, second)
+            assert cli["same_probability"] == pytest.approx(api["same_probability"], abs=1e-5), (first, second)

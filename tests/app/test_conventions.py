@@ -151,6 +151,7 @@ def test_model_card(client: TestClient, embedder: Embedder) -> None:
         "threshold": ckpt.threshold,
         "engine": "torch",
         "device": "cpu",
+        "precision": embedder.precision,  # what the gallery's vectors are computed in (fp32 on the torch engine)
         "distance": "euclidean",
     }
 

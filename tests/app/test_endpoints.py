@@ -58,11 +58,13 @@ def test_compare_matches_in_process_embeddings(
     assert abs(body["similarity"] - float(ea @ eb)) < 1e-4
     assert body["threshold"] == 0.5
     assert body["same"] == (body["dissimilarity"] < 0.5)
+    assert body["same_probability"] == pytest.approx(1 / (1 + np.exp(8 * body["dissimilarity"] - 4)), abs=1e-9)
     assert body["model"] == {
         "hash": embedder.checkpoint.hash,
         "backbone": "seed-cnn",
         "embedding_dim": 16,
         "image_size": 64,
+        "precision": "fp32",  # the tests' engine torch; a checkpoint without training photos has no int8 anyway
     }
     same = client.post("/v1/compare", files=[("images", ("a.png", a)), ("images", ("c.png", a))]).json()
     assert same["dissimilarity"] < 1e-4 and same["same"] is True and abs(same["similarity"] - 1) < 1e-4

@@ -18,6 +18,7 @@ class ModelInfo(_Answer):
     backbone: str
     embedding_dim: int
     image_size: int
+    precision: str  # what the embeddings are computed in: fp32, int8, fp16, bf16
 
 
 class ModelCard(ModelInfo):
@@ -32,6 +33,7 @@ class CompareResponse(_Answer):
     similarity: float
     same: bool
     threshold: float
+    same_probability: float | None  # calibrated P(same); None for checkpoints without that calibration
     model: ModelInfo
 
 
