@@ -131,3 +131,19 @@ def test_pool_is_sized_from_the_cluster() -> None:
     gpu = plan_pool({"CPU": 64.0, "GPU": 4.0})
     assert (gpu.actors, gpu.num_gpus, gpu.device) == (4, 1.0, "cuda")
     assert plan_pool({"CPU": 64.0, "GPU": 4.0}, device="cpu").actors == 64
+
+
+def test_ray_options_on_the_command_line(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import build_parser
+    from app.up_cli import options_from_args
+
+    args = build_parser().parse_args(["up", "--ray", "--no-serve", "--index", str(tmp_path / "i")])
+    assert options_from_args(args).ray == ""  # a local Ray
+    args = build_parser().parse_args(["up", "--ray", "ray://head:10001", "--no-serve"])
+    assert options_from_args(args).ray == "ray://head:10001"
+    assert options_from_args(build_parser().parse_args(["up", "--no-serve"])).ray is None
+    command = ["index", "build", "--data", str(tmp_path), "--index", str(tmp_path / "i"), "--replace", "--ray"]
+    command += ["--checkpoint", str(tiny_checkpoint)]
+    assert main(command) == 2 and "--ray does not combine with --replace" in capsys.readouterr().err
