@@ -73,7 +73,9 @@ def serve_workers(settings: Settings) -> int:
     sock = listen(settings.host, settings.port)
     writer_socket = str(Path(tempfile.mkdtemp(prefix="imgsim-writer-")) / "writer.sock")
     one = settings.model_copy(update={"workers": 1})
-    follower = one.model_copy(update={"read_only": True, "writer_url": f"unix:{writer_socket}"})
+    # On a replica host (--read-only) every worker reads, and writes go to that host's writer URL as they would.
+    writer_url = settings.writer_url if settings.read_only else f"unix:{writer_socket}"
+    follower = one.model_copy(update={"read_only": True, "writer_url": writer_url})
     roles: list[tuple[Settings, str | None]] = [(one, writer_socket)] + [(follower, None)] * (settings.workers - 1)
     context = multiprocessing.get_context("spawn")
 

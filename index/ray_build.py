@@ -20,11 +20,14 @@ from tqdm import tqdm
 from index import factory as fx
 from index import ray_embed
 from index.build import BuildReport, checkpoint_path
+from index.compaction import CompactionPolicy
 from index.gallery import GalleryIndex
 from index.ray_embed import ERROR, KNOWN, NEW, RayOptions
 from index.records import NewItem
 from model.inference.embedder import Embedder
 
+FOLD_MIN, FOLD_MAX = 1_000_000, 4_000_000  # photos in a build's log before it is folded into the base
+BUILDING = CompactionPolicy(background=False)  # a build compacts when fold_due says, and at its end
 MARKER = "ray-build.json"  # present while a --ray build is unfinished: the same command resumes it
 
 
@@ -72,14 +75,25 @@ def commit_chunk(gi: GalleryIndex, chunk: dict[str, np.ndarray], tally: Tally) -
 
 
 def stream_into(
-    gi: GalleryIndex, chunks: Iterable[dict[str, np.ndarray]], total: int, progress: bool, desc: str
+    gi: GalleryIndex, chunks: Iterable[dict[str, np.ndarray]], total: int, progress: bool, fold: bool = False
 ) -> Tally:
+    """Commit the chunks as they come, with the bar; ``fold``: compact as :func:`fold_due` says (a build)."""
     tally = Tally()
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar:
+    with tqdm(total=total, desc="embedding on Ray", unit="img", disable=not progress, smoothing=0.1) as bar:
         for chunk in chunks:
             commit_chunk(gi, chunk, tally)
             bar.update(len(chunk["status"]))
+            if fold and fold_due(gi.pending, gi.count - gi.pending):
+                gi.compact()
     return tally
+
+
+def fold_due(pending: int, in_base: int) -> bool:
+    """A build folds its log into the base when the log holds as many photos as the base (at least
+    ``FOLD_MIN``, at most ``FOLD_MAX``): O(log n) rewrites of the base up to ``FOLD_MAX`` photos, then one per
+    ``FOLD_MAX`` (the service's every-20,000-changes policy would rewrite a growing base thousands of times),
+    and the in-memory log stays under ~1.2 KB x ``FOLD_MAX``; a resumed build replays at most that much."""
+    return pending >= min(FOLD_MAX, max(FOLD_MIN, in_base))
 
 
 def ray_build(
@@ -96,8 +110,8 @@ def ray_build(
     start = time.perf_counter()
     out_dir, root = Path(out_dir), Path(gallery_dir).resolve()
     checkpoint = _checkpoint_file(embedder)
-    resuming = (out_dir / MARKER).is_file()
-    if (out_dir / "CURRENT").exists() and not resuming:
+    marker, exists = out_dir / MARKER, (out_dir / "CURRENT").exists()
+    if exists and not marker.is_file():
         raise ValueError(
             f"{out_dir} already holds an index. Add --replace to build a new one in its place, use "
             "`imgsim index update` to embed only new photos, or choose another --index."
@@ -107,19 +121,22 @@ def ray_build(
     listed = files.count()
     if not listed:
         raise ValueError(f"No images found in {root}. A gallery has one folder per class with images inside.")
-    if resuming:
-        gi = GalleryIndex.open(out_dir, model_hash=embedder.checkpoint.hash, dim=embedder.dim, writer=True)
-    else:
+    if exists:  # an interrupted build: resume it
+        gi = GalleryIndex.open(
+            out_dir, model_hash=embedder.checkpoint.hash, dim=embedder.dim, writer=True, policy=BUILDING
+        )
+    else:  # the marker first: a build stopped at any point after it is resumed, not refused
+        out_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"data": str(root), "checkpoint": checkpoint}))
         gi = _create(embedder, out_dir, root, factory or fx.choose_factory(listed, embedder.dim), checkpoint)
-        (out_dir / MARKER).write_text(json.dumps({"data": str(root), "checkpoint": checkpoint}))
     with gi:
         resumed = gi.count
         known = ray_embed.known_digests(r.sha256 for r in gi.all_records())
         chunks = ray_embed.embed(files, checkpoint, known, options, device)
-        tally = stream_into(gi, chunks, listed, progress, "embedding on Ray")
+        tally = stream_into(gi, chunks, listed, progress, fold=True)
         _check_trainable(gi, embedder.dim)
         version = gi.compact()  # a built gallery is one base snapshot, with an empty log
-        (out_dir / MARKER).unlink()
+        marker.unlink()
         count, used = gi.count, gi.factory
     duplicates = listed - count - len(tally.skipped)  # files whose content another file brought first
     seconds = time.perf_counter() - start
@@ -141,7 +158,7 @@ def add_on_ray(
     ray_embed.connect(options)
     known = ray_embed.known_digests(r.sha256 for r in gi.all_records())
     chunks = ray_embed.embed(ray_embed.from_files(files), _checkpoint_file(embedder), known, options, device)
-    tally = stream_into(gi, chunks, len(files), progress, "embedding on Ray")
+    tally = stream_into(gi, chunks, len(files), progress)
     tally.duplicates += tally.known
     return tally
 
@@ -163,6 +180,7 @@ def _create(embedder: Embedder, out_dir: Path, root: Path, factory: str, checkpo
         gallery_root=root,
         factory=factory,
         checkpoint=checkpoint,
+        policy=BUILDING,
     )
 
 

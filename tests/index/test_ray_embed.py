@@ -147,3 +147,15 @@ def test_ray_options_on_the_command_line(
     command = ["index", "build", "--data", str(tmp_path), "--index", str(tmp_path / "i"), "--replace", "--ray"]
     command += ["--checkpoint", str(tiny_checkpoint)]
     assert main(command) == 2 and "--ray does not combine with --replace" in capsys.readouterr().err
+
+
+def test_a_build_folds_its_log_geometrically() -> None:
+    from index.ray_build import FOLD_MAX, FOLD_MIN, fold_due
+
+    in_base = pending = folds = 0
+    for _ in range(100_000_000 // 250_000):  # a 100M-photo build, checked every 250,000 photos
+        pending += 250_000
+        if fold_due(pending, in_base):
+            in_base, pending, folds = in_base + pending, 0, folds + 1
+    assert FOLD_MIN <= FOLD_MAX and 20 <= folds <= 30  # about 100M / FOLD_MAX, not one per 20,000 changes
+    assert not fold_due(FOLD_MIN - 1, 0) and fold_due(FOLD_MIN, 0) and fold_due(FOLD_MAX, 10 * FOLD_MAX)
