@@ -28,13 +28,15 @@ FOLLOW_DELAY_S = 2.0  # what docs/scale.md states: the follow interval (0.5 s) p
 
 
 @contextmanager
-def serving(settings: Settings, tmp_path: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def serving(
+    settings: Settings, tmp_path: Path, *flags: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--device", "cpu"]
     cmd += ["--checkpoint", str(settings.checkpoint), "--index", str(settings.index), *flags]
     cwd = tmp_path / f"cwd-{port}"  # not tmp_path: its index/ folder would shadow the index package under -m
     cwd.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "IMGSIM_ENGINE": "torch", "IMGSIM_DRAIN_SECONDS": "0"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "IMGSIM_ENGINE": "torch", "IMGSIM_DRAIN_SECONDS": "0", **(env or {})}
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -83,7 +85,8 @@ def seconds_until_found(base: str, data: bytes, item_id: int, limit: float) -> f
 
 
 def test_a_read_only_replica_follows_the_writer_and_forwards_writes(settings: Settings, tmp_path: Path) -> None:
-    with serving(settings, tmp_path) as (writer, _):
+    # The writer folds its log into a new base after every change: the replica follows base swaps too.
+    with serving(settings, tmp_path, env={"IMGSIM_COMPACT_MAX_CHANGES": "1"}) as (writer, _):
         replica_flags = ("--read-only", "--writer-url", writer)
         with serving(settings, tmp_path, *replica_flags) as (replica, _):
             before = top_hit(replica, photo(1))
@@ -92,6 +95,11 @@ def test_a_read_only_replica_follows_the_writer_and_forwards_writes(settings: Se
             new_id = added.json()["id"]
             assert new_id != before
             seconds_until_found(replica, photo(1), new_id, FOLLOW_DELAY_S)
+            for k in range(5):  # searches on the replica while it loads the writer's new bases: every one answered
+                added = add(writer, photo(10 + k, "yellow_bars"), "more")
+                assert added.status_code == 201, added.text
+                seconds_until_found(replica, photo(10 + k, "yellow_bars"), added.json()["id"], FOLLOW_DELAY_S)
+            assert GalleryIndex.open(settings.index).base_version > 2  # compactions did happen meanwhile
 
             # A write sent to the replica is the writer's: forwarded, and visible on the replica at once.
             forwarded = add(replica, photo(2, "green_squares"), "written_through_the_replica")
