@@ -52,6 +52,7 @@ class UpOptions:
     retrain: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
+    ray: str | None = None  # embed on Ray: a cluster address, or "" for a local Ray (index/ray_build.py)
 
 
 @dataclass
@@ -203,16 +204,22 @@ def ensure_index(checkpoint: Path, data: Path, fingerprint: str, opts: UpOptions
     matches = _index_matches(opts.index_dir, ckpt.hash, ckpt.config.embedding_dim)
     if matches and _read_state(opts.run_dir) == state:
         return "reused"
+    ray = None
+    if opts.ray is not None:
+        from index.ray_embed import RayOptions
+
+        ray = RayOptions(address=opts.ray or None)
     if matches:
         # Same model, gallery possibly changed: only new or changed files are embedded.
-        update_gallery_index(ckpt, data, opts.index_dir, device=opts.device)
+        update_gallery_index(ckpt, data, opts.index_dir, device=opts.device, ray=ray)
         action = "updated"
     else:
         # Another model's vectors cannot be mixed with this one's: build afresh beside it, then swap.
         scratch = opts.index_dir.with_name(f".{opts.index_dir.name}.building")
-        shutil.rmtree(scratch, ignore_errors=True)
+        if ray is None or not (scratch / "ray-build.json").is_file():  # an interrupted Ray build resumes
+            shutil.rmtree(scratch, ignore_errors=True)
         scratch.parent.mkdir(parents=True, exist_ok=True)
-        build_gallery_index(ckpt, data, scratch, device=opts.device)
+        build_gallery_index(ckpt, data, scratch, device=opts.device, ray=ray)
         _replace_dir(scratch, opts.index_dir)
         action = "built"
     (opts.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))

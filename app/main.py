@@ -20,6 +20,7 @@ from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.problems import install_openapi
 from app.prometheus import MetricsMiddleware
+from app.replicas import ForwardWritesMiddleware, follow, writer_client
 from app.request_id import RequestIdMiddleware
 from app.routes import compare, docs, gallery, health, model, page, search
 from app.routes.docs import SWAGGER_UI_DIR
@@ -66,6 +67,12 @@ async def _load_in_background(app: FastAPI, settings: Settings, runtime: Runtime
     runtime.service = service
 
 
+async def _catch_up(runtime: Runtime) -> bool:
+    """A read-only replica's gallery catches up with the writer's (False until the gallery is loaded)."""
+    service = runtime.service
+    return False if service is None else await to_thread.run_sync(service.index.refresh)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -75,14 +82,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # would only spin on the cores the model uses (measured: +3 CPU ms per /v1/search). Per thread setting.
     faiss.omp_set_num_threads(1)
     loader = asyncio.create_task(_load_in_background(app, settings, runtime))
+    follower = None
+    if settings.read_only:  # a replica follows the writer's versions (app/replicas.py)
+        follower = asyncio.create_task(follow(lambda: _catch_up(runtime), settings.follow_interval_s))
     try:
         yield
     finally:
         runtime.draining = True
-        if not loader.done():
-            loader.cancel()
-            with suppress(asyncio.CancelledError):
-                await loader
+        for task in (loader, follower):
+            if task is not None and not task.done():
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+        if app.state.forwarder is not None:
+            await app.state.forwarder.aclose()
         if runtime.service is not None:
             service, runtime.service = runtime.service, None
             await service.batcher.close()
@@ -108,6 +121,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: the request id is on every answer and log line (and an unhandled error becomes a 500 problem
     # there); metrics see every answer; CORS answers
     # preflights (which carry no key) and labels refusals; keys are checked before the body cap and any body.
+    app.state.forwarder = writer_client(settings.writer_url) if settings.read_only and settings.writer_url else None
+    if settings.read_only:  # innermost: a write reaches the writer only past the key check and the body cap
+
+        async def caught_up() -> None:
+            await _catch_up(app.state.runtime)
+
+        app.add_middleware(ForwardWritesMiddleware, client=app.state.forwarder, caught_up=caught_up)
     app.add_middleware(BodyLimitMiddleware, max_bytes=body_cap)
     app.add_middleware(ApiKeyMiddleware, settings=settings)
     if settings.cors_origins:  # off by default: only the origins named may call the API from a browser

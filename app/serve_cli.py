@@ -85,6 +85,10 @@ def serve(settings: Settings) -> int:
     if not checkpoint.is_file():
         raise FileNotFoundError(missing_model_message(checkpoint, settings))
     settings = settings.model_copy(update={"checkpoint": checkpoint})
+    if settings.workers > 1:
+        from app.workers import serve_workers
+
+        return serve_workers(settings)
     DrainingServer(uvicorn_config(create_app(settings), settings), settings.drain_seconds).run()
     return 0
 
@@ -113,5 +117,21 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (IMGSIM_DEVICE; default auto)")
     p.add_argument("--engine", help="embedding engine: auto, onnx or torch (IMGSIM_ENGINE; default auto)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="API processes sharing the port, one of them the gallery's writer (IMGSIM_WORKERS; default 1)",
+    )
+    p.add_argument(
+        "--read-only",
+        action="store_const",
+        const=True,
+        help="never write the gallery, follow its writer's versions: a replica on another host (IMGSIM_READ_ONLY)",
+    )
+    p.add_argument(
+        "--writer-url",
+        help="with --read-only: forward writes there, e.g. http://writer:8000 (IMGSIM_WRITER_URL; default: 503)",
+    )
     # The settings are taken whole (serve resolves the checkpoint itself): only the flags given are applied.
-    p.set_defaults(func=_run, from_settings={k: k for k in ("host", "port", "checkpoint", "index", "device", "engine")})
+    names = ("host", "port", "checkpoint", "index", "device", "engine", "workers", "read_only", "writer_url")
+    p.set_defaults(func=_run, from_settings={k: k for k in names})

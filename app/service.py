@@ -40,6 +40,7 @@ from model.inference.engines import precision_for_gallery
 
 log = logging.getLogger(__name__)
 
+READ_ONLY_WAIT_S = 60.0  # a read-only process waits this long for the writer to create a missing gallery
 INLINE_SEARCH_FLOATS = 2**20  # galleries up to this many stored floats are searched on the event loop
 
 Item = bytes | torch.Tensor  # what a request hands the batcher per image: raw bytes, or a crop ready for the model
@@ -75,6 +76,11 @@ def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
     ckpt = embedder.checkpoint
     index_dir = Path(settings.index)
     policy = CompactionPolicy(max_changes=settings.compact_max_changes, max_age_s=settings.compact_max_age_s)
+    if settings.read_only:  # a replica: the writer creates the gallery (a few seconds, when it starts beside us)
+        deadline = time.monotonic() + READ_ONLY_WAIT_S
+        while not (index_dir / "CURRENT").is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return GalleryIndex.open(index_dir, model_hash=ckpt.hash, dim=embedder.dim)
     if (index_dir / "CURRENT").is_file():
         return GalleryIndex.open(
             index_dir, model_hash=ckpt.hash, dim=embedder.dim, precision=embedder.precision, policy=policy

@@ -88,10 +88,19 @@ class Settings(BaseSettings):
     compact_max_age_s: float = Field(default=3600.0, gt=0, description="oldest logged change before compaction")
     drain_seconds: float = Field(default=1.0, ge=0, description="after SIGTERM, readiness is 503 this long before exit")
 
+    # Replicas of the embedded gallery (app/replicas.py, docs/scale.md): `imgsim serve --workers N` runs N processes
+    # on one port, one of them the writer; hosts sharing the gallery folder run read-only followers.
+    workers: int = Field(default=1, ge=1, description="API processes sharing the port; one writes the gallery")
+    read_only: bool = Field(default=False, description="never write the gallery: follow its writer's versions")
+    writer_url: str | None = Field(
+        default=None, description="where a read-only process forwards writes: http://HOST:PORT or unix:/PATH"
+    )
+    follow_interval_s: float = Field(default=0.5, gt=0, description="how often a read-only process catches up")
+
     # Browser origins allowed to call the API from their pages (CORS), comma-separated; none: CORS is off.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("data_dir", "checkpoint", mode="before")
+    @field_validator("data_dir", "checkpoint", "writer_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # IMGSIM_CHECKPOINT= in .env means "not set", not the current folder.

@@ -49,6 +49,14 @@ def register(subparsers: Any) -> None:
         help="extra `imgsim train` options as one string (IMGSIM_TRAIN_ARGS; default '--mode frozen': frozen "
         "backbone, minutes on 2 CPU cores)",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="embed the gallery on a Ray cluster (without ADDRESS a local Ray); needs imgsim[scale] (docs/scale.md)",
+    )
     p.add_argument("--retrain", action="store_true", help="train even when best.pt matches the data")
     p.add_argument("--host", help="address to serve on (IMGSIM_HOST; default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to serve on (IMGSIM_PORT; default 8000)")
@@ -70,6 +78,7 @@ def options_from_args(args: argparse.Namespace) -> first_run.UpOptions:
         device=settings.device,
         train_args=shlex.split(settings.train_args),
         retrain=args.retrain,
+        ray=args.ray,
         host=settings.host,
         port=settings.port,
     )

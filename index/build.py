@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -26,6 +27,9 @@ from model.core.images import is_image_file
 from model.data.galleries import scan_gallery
 from model.inference.embedder import Embedder
 from model.inference.engines import precision_for_gallery
+
+if TYPE_CHECKING:  # index.ray_embed imports Ray, an optional extra: only when --ray is given
+    from index.ray_embed import RayOptions
 
 log = logging.getLogger(__name__)
 _EXIF_ORIENTATION, _ROTATED = 0x0112, {5, 6, 7, 8}
@@ -160,7 +164,16 @@ def build_gallery_index(
     device: str = "auto",
     progress: bool = True,
     precision: str = "auto",
+    ray: RayOptions | None = None,
 ) -> BuildReport:
+    """Embed every photo of ``gallery_dir`` into a new gallery; with ``ray``, on a Ray cluster (resumable)."""
+    if ray is not None:
+        from index.ray_build import ray_build
+
+        embedder = make_embedder(checkpoint, device, precision=precision)
+        built = ray_build(embedder, gallery_dir, out_dir, ray, factory=factory, device=device, progress=progress)
+        log.info("%s", built.summary())
+        return built
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if (out_dir / "CURRENT").exists():
@@ -213,6 +226,7 @@ def update_gallery_index(
     device: str = "auto",
     progress: bool = True,
     precision: str = "auto",
+    ray: RayOptions | None = None,
 ) -> UpdateReport:
     """Embed files new or changed since the last update (by sha256), drop those that disappeared.
 
@@ -220,7 +234,33 @@ def update_gallery_index(
     start = time.perf_counter()
     embedder = make_embedder(checkpoint, device, precision=precision, index_dir=index_dir)
     with _open(index_dir, embedder) as gi:
-        return _update(gi, embedder, gallery_dir, start, batch_size, num_workers, progress)
+        embed = _embedding(embedder, batch_size, num_workers, device, progress, ray)
+        return _update(gi, embedder, gallery_dir, start, embed, progress)
+
+
+# Embeds ``(absolute, stored, label)`` files into an open gallery: ids added, skipped, duplicates.
+EmbedInto = Callable[[GalleryIndex, Sequence[tuple[Path, str, str]]], tuple[list[int], dict[str, str], int]]
+
+
+def _embedding(
+    embedder: Embedder, batch_size: int, num_workers: int, device: str, progress: bool, ray: RayOptions | None
+) -> EmbedInto:
+    """How new files reach the gallery: embedded here then added at once, or on Ray a chunk at a time."""
+
+    def here(gi: GalleryIndex, files: Sequence[tuple[Path, str, str]]) -> tuple[list[int], dict[str, str], int]:
+        vectors, items, skipped, duplicates = embed_new(
+            embedder, gi, files, batch_size=batch_size, num_workers=num_workers, progress=progress
+        )
+        return (gi.add(vectors, items) if items else []), skipped, duplicates
+
+    def on_ray(gi: GalleryIndex, files: Sequence[tuple[Path, str, str]]) -> tuple[list[int], dict[str, str], int]:
+        from index.ray_build import add_on_ray
+
+        assert ray is not None
+        tally = add_on_ray(gi, embedder, list(files), ray, device, progress)
+        return tally.ids, tally.skipped, tally.duplicates
+
+    return here if ray is None else on_ray
 
 
 def _update(
@@ -228,8 +268,7 @@ def _update(
     embedder: Embedder,
     gallery_dir: str | Path,
     start: float,
-    batch_size: int,
-    num_workers: int,
+    embed: EmbedInto,
     progress: bool,
 ) -> UpdateReport:
     gallery = scan_gallery(gallery_dir)
@@ -252,14 +291,10 @@ def _update(
     removed = gi.remove(stale)
     dropped = set(removed)
     fresh = [(root / p, p, label) for p, (_, label) in current.items() if p not in indexed or indexed[p].id in dropped]
-    vectors, items, skipped, duplicates = embed_new(
-        embedder, gi, fresh, batch_size=batch_size, num_workers=num_workers, progress=progress
-    )
-    if items:
-        gi.add(vectors, items)
+    ids, skipped, duplicates = embed(gi, fresh)
     report = UpdateReport(
         gi.index_dir,
-        len(items),
+        len(ids),
         len(removed),
         unchanged,
         time.perf_counter() - start,
@@ -302,10 +337,12 @@ def add_files(
     device: str = "auto",
     progress: bool = True,
     precision: str = "auto",
+    ray: RayOptions | None = None,
 ) -> UpdateReport:
     """Embed and add files (paths under the gallery root are stored relative to it, others absolute)."""
     start = time.perf_counter()
     embedder = make_embedder(checkpoint, device, precision=precision, index_dir=index_dir)
+    embed = _embedding(embedder, batch_size, num_workers, device, progress, ray)
     with _open(index_dir, embedder) as gi:
         root = gi.gallery_root
 
@@ -313,9 +350,6 @@ def add_files(
             return p.relative_to(root).as_posix() if root is not None and p.is_relative_to(root) else str(p)
 
         files = [(p, stored(p), lab) for p, lab in collect_files(paths, label)]
-        vectors, items, skipped, duplicates = embed_new(
-            embedder, gi, files, batch_size=batch_size, num_workers=num_workers, progress=progress
-        )
-        ids = gi.add(vectors, items) if items else []
+        ids, skipped, duplicates = embed(gi, files)
         version = gi.version
     return UpdateReport(Path(index_dir), len(ids), 0, 0, time.perf_counter() - start, version, duplicates, skipped, ids)

@@ -6,12 +6,15 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from index.build import BuildReport, UpdateReport, add_files, build_gallery_index, make_embedder, update_gallery_index
 from index.errors import IndexMismatchError
 from index.gallery import GalleryIndex
 from index.rebuild import rebuild_gallery_index
+
+if TYPE_CHECKING:
+    from index.ray_embed import RayOptions
 
 INDEX_HELP = "gallery index folder (IMGSIM_INDEX; default indexes/default)"
 CHECKPOINT_HELP = "trained checkpoint (IMGSIM_CHECKPOINT; default: the one the index records)"
@@ -118,6 +121,25 @@ def _embedding_options(p: argparse.ArgumentParser) -> None:
         "fp16 on CUDA",
     )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="embed on a Ray cluster (ray://HOST:10001 or HOST:6379; without ADDRESS a local Ray on this machine); "
+        "needs imgsim[scale]. A build that stops resumes when run again (docs/scale.md)",
+    )
+
+
+def _ray_options(args: argparse.Namespace) -> RayOptions | None:
+    if args.ray is None:
+        return None
+    if getattr(args, "replace", False) or getattr(args, "rebuild", False):
+        raise ValueError("--ray does not combine with --replace or --rebuild: build into a new --index with --ray.")
+    from index.ray_embed import RayOptions
+
+    return RayOptions(address=args.ray or None, batch_size=min(args.batch_size, 64))
 
 
 def _print_report(report: BuildReport | UpdateReport, as_json: bool) -> None:
@@ -136,17 +158,18 @@ def _recorded_checkpoint(index_dir: str, given: str | None) -> str:
 def cmd_build(args: argparse.Namespace) -> int:
     if args.data is None:
         raise ValueError("Which photos? Pass --data (or set IMGSIM_DATA_DIR): one subfolder of images per class.")
-    build = rebuild_gallery_index if args.replace else build_gallery_index
-    report = build(
-        args.checkpoint,
-        args.data,
-        args.index,
-        factory=args.factory,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-        precision=args.precision,
-    )
+    options = {
+        "factory": args.factory,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "device": args.device,
+        "precision": args.precision,
+    }
+    ray = _ray_options(args)
+    if args.replace:
+        report = rebuild_gallery_index(args.checkpoint, args.data, args.index, **options)
+    else:
+        report = build_gallery_index(args.checkpoint, args.data, args.index, ray=ray, **options)
     _print_report(report, args.json)
     return 0
 
@@ -161,6 +184,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         device=args.device,
         precision=args.precision,
+        ray=_ray_options(args),
     )
     _print_report(report, args.json)
     if not args.json:
@@ -214,6 +238,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     if gallery is None:
         raise ValueError(f"{args.index} records no gallery folder; pass --data.")
     checkpoint = _recorded_checkpoint(args.index, args.checkpoint)
+    ray = _ray_options(args)
     options = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
     if args.rebuild:
         report: BuildReport | UpdateReport = rebuild_gallery_index(
@@ -221,7 +246,7 @@ def cmd_update(args: argparse.Namespace) -> int:
         )
     else:
         try:
-            report = update_gallery_index(checkpoint, gallery, args.index, precision=args.precision, **options)
+            report = update_gallery_index(checkpoint, gallery, args.index, precision=args.precision, **options, ray=ray)
         except IndexMismatchError as exc:
             raise IndexMismatchError(
                 f"{args.index} holds vectors that cannot be mixed with {checkpoint}'s ({exc}). "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import MetricsAccess, RuntimeDep
+from app.deps import MetricsAccess, RuntimeDep, SettingsDep
 from app.errors import ServiceError
 from app.problems import error_responses
 from app.schemas import Health, Ready
@@ -24,12 +24,15 @@ async def healthz() -> Health:
     responses=error_responses(503),
     summary="Readiness: model and gallery loaded, not draining",
 )
-async def readyz(runtime: RuntimeDep) -> Ready:
+async def readyz(runtime: RuntimeDep, settings: SettingsDep, response: Response) -> Ready:
+    # Which process answered, for an operator (and a test) behind a shared port: the gallery's writer or a replica.
+    role = {"X-Gallery-Role": "read-only" if settings.read_only else "writer"}
+    response.headers.update(role)
     if runtime.draining:
-        raise ServiceError(503, "draining", "The service is shutting down.", {"Retry-After": "1"})
+        raise ServiceError(503, "draining", "The service is shutting down.", {"Retry-After": "1", **role})
     if runtime.service is None:
         code, detail = ("load_failed", runtime.load_error) if runtime.load_error else ("not_ready", "Loading.")
-        raise ServiceError(503, code, detail, {"Retry-After": "5"})
+        raise ServiceError(503, code, detail, {"Retry-After": "5", **role})
     return Ready(status="ready")
 
 

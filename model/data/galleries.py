@@ -38,17 +38,33 @@ class Gallery:
         return self.root / item.path
 
 
+def class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def folder_items(root: Path, folder: Path) -> list[Item]:
+    """The images of one class folder (any depth below it), sorted."""
+    label = class_name_from_folder(folder.name)
+    return [Item(p.relative_to(root).as_posix(), label) for p in sorted(folder.rglob("*")) if is_image_file(p)]
+
+
+def folder_rows(row: dict[str, str], root: str) -> list[dict[str, str]]:
+    """:func:`folder_items` of ``row["folder"]`` as rows of a distributed listing (index/ray_embed.py): a
+    function of this light module, so that a Ray worker lists without importing torch."""
+    found = folder_items(Path(root), Path(row["folder"]))
+    return [{"path": f"{root}/{i.path}", "stored": i.path, "label": i.label} for i in found]
+
+
 def scan_gallery(root: str | Path, min_per_class: int = 1) -> Gallery:
     """Every image under ``root/<class>/``, sorted, so the same folder always yields the same list."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"Gallery folder {root} does not exist.")
     items: list[Item] = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        label = class_name_from_folder(folder.name)
-        files = sorted(p for p in folder.rglob("*") if is_image_file(p))
-        if len(files) >= min_per_class:
-            items.extend(Item(p.relative_to(root).as_posix(), label) for p in files)
+    for folder in class_folders(root):
+        found = folder_items(root, folder)
+        if len(found) >= min_per_class:
+            items.extend(found)
     if not items:
         raise ValueError(
             f"No images found in {root}. A gallery has one folder per class with .jpg/.png/.webp files inside."
