@@ -1,0 +1,100 @@
+"""The Milvus side of a gallery: how to connect, the collections' schemas, and the gallery's settings.
+
+A gallery ``NAME`` is two collections: ``NAME`` (one row per item: id, unit vector, label, sha256, path,
+size, time added) and ``NAME__changes`` (one row per change: its count is the gallery's version). The model
+hash, backbone, embedding size and the rest are the item collection's properties, read at open.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from index.backend import Location
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+PREFIX = "imgsim."
+MAX_LABEL = MAX_SHA = 512
+MAX_PATH = 4096
+ITEM_FIELDS = ["id", "label", "sha256", "path", "width", "height", "added_at"]
+
+
+def changes_name(collection: str) -> str:
+    return f"{collection}__changes"
+
+
+def connect(loc: Location) -> MilvusClient:
+    try:
+        from pymilvus import MilvusClient
+    except ImportError as exc:  # the optional extra
+        raise RuntimeError(f"{loc} is a Milvus gallery: install the scale extra, pip install 'imgsim[scale]'.") from exc
+    if loc.kind == "milvus-lite":
+        assert loc.path is not None
+        loc.path.parent.mkdir(parents=True, exist_ok=True)
+        return MilvusClient(str(loc.path))
+    return MilvusClient(uri=loc.uri)
+
+
+def index_type(loc: Location) -> str:
+    # Exact search on Milvus Lite (its small galleries, and the same answers as FAISS's exact index); a server
+    # builds HNSW on sealed segments (growing ones are searched exactly either way).
+    return "FLAT" if loc.kind == "milvus-lite" else "HNSW"
+
+
+def create_collections(client: MilvusClient, loc: Location, dim: int, properties: dict[str, str]) -> None:
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL)
+    schema.add_field("sha256", DataType.VARCHAR, max_length=MAX_SHA)
+    schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH)
+    schema.add_field("width", DataType.INT32)
+    schema.add_field("height", DataType.INT32)
+    schema.add_field("added_at", DataType.DOUBLE)
+    params = client.prepare_index_params()
+    kind = index_type(loc)
+    extra: dict[str, Any] = {"params": {"M": 32, "efConstruction": 200}} if kind == "HNSW" else {}
+    params.add_index("vector", index_type=kind, metric_type="IP", **extra)
+    # Strong: a read waits for every write acknowledged before it, in any process (read-your-writes).
+    client.create_collection(
+        loc.collection, schema=schema, index_params=params, consistency_level="Strong", properties=properties
+    )
+    log = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    log.add_field("id", DataType.INT64, is_primary=True)
+    log.add_field("kind", DataType.VARCHAR, max_length=16)
+    log.add_field("at", DataType.DOUBLE)
+    log.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field in every collection
+    log_params = client.prepare_index_params()
+    log_params.add_index("v", index_type="FLAT", metric_type="L2")
+    client.create_collection(
+        changes_name(loc.collection), schema=log, index_params=log_params, consistency_level="Strong"
+    )
+
+
+def gallery_properties(
+    *, model_hash: str, backbone: str, dim: int, gallery_root: str | None, checkpoint: str | None
+) -> dict[str, str]:
+    values = {
+        "model_hash": model_hash,
+        "backbone": backbone,
+        "dim": str(dim),
+        "created": str(time.time()),
+        "gallery_root": gallery_root or "",
+        "checkpoint": checkpoint or "",
+    }
+    return {PREFIX + k: v for k, v in values.items()}
+
+
+def read_properties(client: MilvusClient, collection: str) -> dict[str, str]:
+    described = client.describe_collection(collection)
+    props = described.get("properties") or {}
+    return {k.removeprefix(PREFIX): str(v) for k, v in props.items() if k.startswith(PREFIX)}
+
+
+def label_literal(label: str) -> str:
+    """``label`` as a Milvus string literal (quotes and backslashes escaped: no filter injection)."""
+    return '"' + label.replace("\\", "\\\\").replace('"', '\\"') + '"'
