@@ -46,17 +46,20 @@ class MilvusGallery:
         self._client, self._loc, self._props = client, loc, props
         self._name, self._changes = loc.collection, schema.changes_name(loc.collection)
         self._media_dir = media_dir
+        self._closed = False
         self._alloc = IdAllocator()
         self._lock = threading.Lock()  # one add's lookup-then-insert at a time in this process (sha256 de-dup)
 
     # ----------------------------------------------------------------- create / open / close
     @staticmethod
     def exists(loc: Location) -> bool:
+        if loc.path is not None and not loc.path.exists():  # Milvus Lite keeps a folder named *.db
+            return False
         client = schema.connect(loc)
         try:
             return bool(client.has_collection(loc.collection))
         finally:
-            client.close()
+            schema.disconnect(client, loc)
 
     @classmethod
     def create(
@@ -72,7 +75,7 @@ class MilvusGallery:
     ) -> MilvusGallery:
         client = schema.connect(loc)
         if client.has_collection(loc.collection):
-            client.close()
+            schema.disconnect(client, loc)
             raise ValueError(f"{loc} already holds an index. Open it, or drop the collection / choose another name.")
         props = schema.gallery_properties(
             model_hash=model_hash,
@@ -95,7 +98,7 @@ class MilvusGallery:
     ) -> MilvusGallery:
         client = schema.connect(loc)
         if not client.has_collection(loc.collection):
-            client.close()
+            schema.disconnect(client, loc)
             raise FileNotFoundError(f"No index at {loc}. Fill one with `imgsim index import`.")
         gallery = cls._loaded(client, loc, media_dir)
         rebuild = f"Rebuild it with `imgsim index build --checkpoint <your checkpoint> --out {loc}`."
@@ -121,7 +124,9 @@ class MilvusGallery:
 
     def close(self, compact: bool = False) -> None:
         """Close the connection (``compact`` is the FAISS gallery's: Milvus compacts its segments itself)."""
-        self._client.close()
+        if not self._closed:
+            self._closed = True
+            schema.disconnect(self._client, self._loc)
 
     def __enter__(self) -> MilvusGallery:
         return self

@@ -7,7 +7,9 @@ hash, backbone, embedding size and the rest are the item collection's properties
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from index.backend import Location
@@ -25,6 +27,10 @@ def changes_name(collection: str) -> str:
     return f"{collection}__changes"
 
 
+_lite_lock = threading.Lock()
+_lite_users: Counter[str] = Counter()  # open galleries per Milvus Lite file in this process
+
+
 def connect(loc: Location) -> MilvusClient:
     try:
         from pymilvus import MilvusClient
@@ -33,8 +39,27 @@ def connect(loc: Location) -> MilvusClient:
     if loc.kind == "milvus-lite":
         assert loc.path is not None
         loc.path.parent.mkdir(parents=True, exist_ok=True)
-        return MilvusClient(str(loc.path))
+        with _lite_lock:
+            client = MilvusClient(str(loc.path))
+            _lite_users[str(loc.path.resolve())] += 1
+        return client
     return MilvusClient(uri=loc.uri)
+
+
+def disconnect(client: MilvusClient, loc: Location) -> None:
+    """Close ``client``; the last one of a Milvus Lite file also stops its engine (which runs in this process
+    and holds the file's lock until then), so another process may open the file."""
+    client.close()
+    if loc.kind != "milvus-lite" or loc.path is None:
+        return
+    key = str(loc.path.resolve())
+    with _lite_lock:
+        _lite_users[key] -= 1
+        if _lite_users[key] <= 0:
+            del _lite_users[key]
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(key)
 
 
 def index_type(loc: Location) -> str:
