@@ -7,6 +7,7 @@ hash, backbone, embedding size and the rest are the item collection's properties
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
 PREFIX = "imgsim."
+CONNECT_TIMEOUT_S = 10.0
 MAX_LABEL = MAX_SHA = 512
 MAX_PATH = 4096
 ITEM_FIELDS = ["id", "label", "sha256", "path", "width", "height", "added_at"]
@@ -43,7 +45,13 @@ def connect(loc: Location) -> MilvusClient:
             client = MilvusClient(str(loc.path))
             _lite_users[str(loc.path.resolve())] += 1
         return client
-    return MilvusClient(uri=loc.uri)
+    from pymilvus import MilvusException
+
+    try:
+        # IMGSIM_MILVUS_TOKEN: "user:password" or an API key, when the server checks them.
+        return MilvusClient(uri=loc.uri, token=os.environ.get("IMGSIM_MILVUS_TOKEN", ""), timeout=CONNECT_TIMEOUT_S)
+    except MilvusException as exc:
+        raise ConnectionError(f"Milvus at {loc.uri} cannot be reached ({exc.message}). Is it running?") from exc
 
 
 def disconnect(client: MilvusClient, loc: Location) -> None:
