@@ -72,7 +72,9 @@ class MilvusGallery:
         gallery_root: str | Path | None = None,
         checkpoint: str | Path | None = None,
         media_dir: str | Path | None = None,
+        index_type: str | None = None,
     ) -> MilvusGallery:
+        """``index_type``: Milvus's vector index (default: FLAT on Milvus Lite, HNSW on a server)."""
         client = schema.connect(loc)
         if client.has_collection(loc.collection):
             schema.disconnect(client, loc)
@@ -84,7 +86,7 @@ class MilvusGallery:
             gallery_root=str(Path(gallery_root).resolve()) if gallery_root else None,
             checkpoint=str(checkpoint) if checkpoint else None,
         )
-        schema.create_collections(client, loc, dim, props)
+        schema.create_collections(client, loc, dim, props, index_type)
         return cls._loaded(client, loc, media_dir)
 
     @classmethod
@@ -195,7 +197,7 @@ class MilvusGallery:
             "version": self.version,
             "count": self.count,
             "dim": self.dim,
-            "index_type": schema.index_type(self._loc),
+            "index_type": self._props.get("index_type") or schema.index_type(self._loc),
             "model_hash": self.model_hash,
             "backbone": self.backbone,
             "created": float(self._props.get("created") or 0),

@@ -76,7 +76,10 @@ def index_type(loc: Location) -> str:
     return "FLAT" if loc.kind == "milvus-lite" else "HNSW"
 
 
-def create_collections(client: MilvusClient, loc: Location, dim: int, properties: dict[str, str]) -> None:
+def create_collections(
+    client: MilvusClient, loc: Location, dim: int, properties: dict[str, str], kind: str | None = None
+) -> None:
+    """The item and change collections; ``kind``: the vector index (default :func:`index_type`)."""
     from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -89,7 +92,8 @@ def create_collections(client: MilvusClient, loc: Location, dim: int, properties
     schema.add_field("height", DataType.INT32)
     schema.add_field("added_at", DataType.DOUBLE)
     params = client.prepare_index_params()
-    kind = index_type(loc)
+    kind = kind or index_type(loc)
+    properties = {**properties, PREFIX + "index_type": kind}
     extra: dict[str, Any] = {"params": {"M": 32, "efConstruction": 200}} if kind == "HNSW" else {}
     params.add_index("vector", index_type=kind, metric_type="IP", **extra)
     # Strong: a read waits for every write acknowledged before it, in any process (read-your-writes).
