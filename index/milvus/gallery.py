@@ -5,8 +5,8 @@
   is Strong, so it sees every acknowledged change of any process. No process holds state another needs: any
   number of API replicas serve and change one gallery.
 - Ids come from :class:`~index.milvus.ids.IdAllocator` (time-ordered, never reused). The version is
-  1 + the number of changes so far (a row per change in ``NAME__changes``), so it grows with every change, in
-  whichever replica.
+  the number of rows in ``NAME__changes`` (its creation, then one per change), so it grows with every change,
+  in whichever replica.
 - sha256 de-duplication is a lookup before the insert, under a lock of this process; two replicas adding the
   same new image in the same instant can both insert it (Milvus has no unique constraint), and then every read
   by sha256 answers the smaller id.
@@ -57,7 +57,9 @@ class MilvusGallery:
             return False
         client = schema.connect(loc)
         try:
-            return bool(client.has_collection(loc.collection))
+            return bool(
+                client.has_collection(loc.collection) and client.has_collection(schema.changes_name(loc.collection))
+            )
         finally:
             schema.disconnect(client, loc)
 
@@ -79,14 +81,15 @@ class MilvusGallery:
         if client.has_collection(loc.collection):
             schema.disconnect(client, loc)
             raise ValueError(f"{loc} already holds an index. Open it, or drop the collection / choose another name.")
-        props = schema.gallery_properties(
+        settings = schema.gallery_settings(
             model_hash=model_hash,
             backbone=backbone,
             dim=dim,
+            kind=index_type or schema.index_type(loc),
             gallery_root=str(Path(gallery_root).resolve()) if gallery_root else None,
             checkpoint=str(checkpoint) if checkpoint else None,
         )
-        schema.create_collections(client, loc, dim, props, index_type)
+        schema.create_collections(client, loc, settings)
         return cls._loaded(client, loc, media_dir)
 
     @classmethod
@@ -122,7 +125,7 @@ class MilvusGallery:
             client.load_collection(name)
         if media_dir is None:
             media_dir = loc.path.with_suffix(".media") if loc.path else Path("media") / loc.collection
-        return cls(client, loc, schema.read_properties(client, loc.collection), Path(media_dir))
+        return cls(client, loc, schema.read_settings(client, loc.collection), Path(media_dir))
 
     def close(self, compact: bool = False) -> None:
         """Close the connection (``compact`` is the FAISS gallery's: Milvus compacts its segments itself)."""
@@ -154,7 +157,7 @@ class MilvusGallery:
 
     @property
     def version(self) -> int:
-        return 1 + self._count(self._changes, "")
+        return self._count(self._changes, "")  # the creation (row 0) is version 1
 
     @property
     def count(self) -> int:
@@ -197,7 +200,7 @@ class MilvusGallery:
             "version": self.version,
             "count": self.count,
             "dim": self.dim,
-            "index_type": self._props.get("index_type") or schema.index_type(self._loc),
+            "index_type": self._props.get("index_type"),
             "model_hash": self.model_hash,
             "backbone": self.backbone,
             "created": float(self._props.get("created") or 0),
@@ -341,16 +344,16 @@ class MilvusGallery:
         return Committed(self._changed("relabel"), [int(id)])
 
     def set_gallery_root(self, root: str | Path) -> None:
-        value = str(Path(root).resolve())
-        self._client.alter_collection_properties(self._name, properties={schema.PREFIX + "gallery_root": value})
-        self._props["gallery_root"] = value
+        settings = {**schema.read_settings(self._client, self._name), "gallery_root": str(Path(root).resolve())}
+        schema.write_settings(self._client, self._name, settings)
+        self._props = settings
         self._changed("settings")
 
     # ----------------------------------------------------------------- helpers
     def _changed(self, kind: str) -> int:
         """Record one change; returns the version that holds it."""
         [change_id] = self._alloc.take(1)
-        self._client.insert(self._changes, [{"id": change_id, "kind": kind, "at": time.time(), "v": [0.0, 0.0]}])
+        self._client.insert(self._changes, [schema.change_row(change_id, kind)])
         return self.version
 
     def _count(self, collection: str, expr: str) -> int:

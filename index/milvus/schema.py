@@ -1,12 +1,15 @@
 """The Milvus side of a gallery: how to connect, the collections' schemas, and the gallery's settings.
 
 A gallery ``NAME`` is two collections: ``NAME`` (one row per item: id, unit vector, label, sha256, path,
-size, time added) and ``NAME__changes`` (one row per change: its count is the gallery's version). The model
-hash, backbone, embedding size and the rest are the item collection's properties, read at open.
+size, time added) and ``NAME__changes`` (one row per change: their count is the gallery's version). Row 0 of
+the changes is the gallery's creation and holds its settings as JSON (model hash, backbone, embedding size,
+vector index, gallery folder, checkpoint). Not collection properties: Milvus Lite 2.x (the C++ engine) keeps
+none and cannot alter them; a row works on every Milvus.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -18,7 +21,8 @@ from index.backend import Location
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
-PREFIX = "imgsim."
+SETTINGS_ROW = 0
+MAX_SETTINGS = 65_535
 CONNECT_TIMEOUT_S = 10.0
 MAX_LABEL = MAX_SHA = 512
 MAX_PATH = 4096
@@ -76,10 +80,9 @@ def index_type(loc: Location) -> str:
     return "FLAT" if loc.kind == "milvus-lite" else "HNSW"
 
 
-def create_collections(
-    client: MilvusClient, loc: Location, dim: int, properties: dict[str, str], kind: str | None = None
-) -> None:
-    """The item and change collections; ``kind``: the vector index (default :func:`index_type`)."""
+def create_collections(client: MilvusClient, loc: Location, settings: dict[str, str]) -> None:
+    """The item and change collections, and the changes' row 0 holding ``settings``."""
+    dim, kind = int(settings["dim"]), settings["index_type"]
     from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -92,44 +95,52 @@ def create_collections(
     schema.add_field("height", DataType.INT32)
     schema.add_field("added_at", DataType.DOUBLE)
     params = client.prepare_index_params()
-    kind = kind or index_type(loc)
-    properties = {**properties, PREFIX + "index_type": kind}
     extra: dict[str, Any] = {"params": {"M": 32, "efConstruction": 200}} if kind == "HNSW" else {}
     params.add_index("vector", index_type=kind, metric_type="IP", **extra)
     # Strong: a read waits for every write acknowledged before it, in any process (read-your-writes).
-    client.create_collection(
-        loc.collection, schema=schema, index_params=params, consistency_level="Strong", properties=properties
-    )
+    client.create_collection(loc.collection, schema=schema, index_params=params, consistency_level="Strong")
     log = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     log.add_field("id", DataType.INT64, is_primary=True)
     log.add_field("kind", DataType.VARCHAR, max_length=16)
     log.add_field("at", DataType.DOUBLE)
+    log.add_field("data", DataType.VARCHAR, max_length=MAX_SETTINGS)
     log.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field in every collection
     log_params = client.prepare_index_params()
     log_params.add_index("v", index_type="FLAT", metric_type="L2")
     client.create_collection(
         changes_name(loc.collection), schema=log, index_params=log_params, consistency_level="Strong"
     )
+    write_settings(client, loc.collection, settings)
 
 
-def gallery_properties(
-    *, model_hash: str, backbone: str, dim: int, gallery_root: str | None, checkpoint: str | None
+def change_row(id_: int, kind: str, data: str = "") -> dict[str, Any]:
+    return {"id": id_, "kind": kind, "at": time.time(), "data": data, "v": [0.0, 0.0]}
+
+
+def write_settings(client: MilvusClient, collection: str, settings: dict[str, str]) -> None:
+    client.upsert(changes_name(collection), [change_row(SETTINGS_ROW, "created", json.dumps(settings))])
+
+
+def read_settings(client: MilvusClient, collection: str) -> dict[str, str]:
+    rows = client.get(changes_name(collection), ids=[SETTINGS_ROW], output_fields=["data"])
+    if not rows:
+        raise ValueError(f"Milvus collection {collection} is not an imgsim gallery (no settings row).")
+    settings: dict[str, str] = json.loads(rows[0]["data"])
+    return settings
+
+
+def gallery_settings(
+    *, model_hash: str, backbone: str, dim: int, kind: str, gallery_root: str | None, checkpoint: str | None
 ) -> dict[str, str]:
-    values = {
+    return {
         "model_hash": model_hash,
         "backbone": backbone,
         "dim": str(dim),
+        "index_type": kind,
         "created": str(time.time()),
         "gallery_root": gallery_root or "",
         "checkpoint": checkpoint or "",
     }
-    return {PREFIX + k: v for k, v in values.items()}
-
-
-def read_properties(client: MilvusClient, collection: str) -> dict[str, str]:
-    described = client.describe_collection(collection)
-    props = described.get("properties") or {}
-    return {k.removeprefix(PREFIX): str(v) for k, v in props.items() if k.startswith(PREFIX)}
 
 
 def label_literal(label: str) -> str:
