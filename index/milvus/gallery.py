@@ -223,7 +223,7 @@ class MilvusGallery:
             limit=min(k, MAX_TOPK),
             filter=self._label_filter(label),
             output_fields=["label", "path"],
-            search_params={"metric_type": "IP"},
+            search_params={"metric_type": "IP", "params": schema.SEARCH_PARAMS.get(self._props["index_type"], {})},
         )
         results = []
         for row in found:

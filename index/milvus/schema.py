@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
 SETTINGS_ROW = 0
+# Vector index parameters by type (AUTOINDEX and FLAT take none): bench_backends measures their recall.
+BUILD_PARAMS: dict[str, dict[str, int]] = {"HNSW": {"M": 32, "efConstruction": 200}, "IVF_FLAT": {"nlist": 1024}}
+SEARCH_PARAMS: dict[str, dict[str, int]] = {"HNSW": {"ef": 64}, "IVF_FLAT": {"nprobe": 32}}
 MAX_SETTINGS = 65_535
 CONNECT_TIMEOUT_S = 10.0
 MAX_LABEL = MAX_SHA = 512
@@ -95,7 +98,7 @@ def create_collections(client: MilvusClient, loc: Location, settings: dict[str, 
     schema.add_field("height", DataType.INT32)
     schema.add_field("added_at", DataType.DOUBLE)
     params = client.prepare_index_params()
-    extra: dict[str, Any] = {"params": {"M": 32, "efConstruction": 200}} if kind == "HNSW" else {}
+    extra: dict[str, Any] = {"params": BUILD_PARAMS[kind]} if kind in BUILD_PARAMS else {}
     params.add_index("vector", index_type=kind, metric_type="IP", **extra)
     # Strong: a read waits for every write acknowledged before it, in any process (read-your-writes).
     client.create_collection(loc.collection, schema=schema, index_params=params, consistency_level="Strong")
