@@ -92,7 +92,7 @@ def worker(backend: str, where: Path, n: int) -> dict[str, Any]:
     gallery = _fill(backend, where, n, truth)
     row: dict[str, Any] = {"backend": backend, "n": n, "load_s": time.perf_counter() - started}
     # Milvus ids are time-ordered: the i-th item added has the i-th smallest id.
-    ids_in_order = np.asarray(sorted(r.id for r in gallery.items(0, n)[0])) if backend != "faiss" else None
+    ids_in_order = np.asarray(sorted(r.id for r in gallery.all_records())) if backend != "faiss" else None
     searched, filtered, found = [], [], []
     for q in queries:
         t = time.perf_counter()

@@ -246,10 +246,7 @@ class MilvusGallery:
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         wanted = [int(i) for i in ids]
-        got: dict[int, Any] = {}
-        for start in range(0, len(wanted), CHUNK):
-            for row in self._client.get(self._name, ids=wanted[start : start + CHUNK], output_fields=["vector"]):
-                got[int(row["id"])] = row["vector"]
+        got = {int(row["id"]): row["vector"] for row in self._get(wanted, ["vector"])}
         if len(got) != len(set(wanted)):
             raise KeyError("Some of these ids are not in the gallery.")
         return np.asarray([got[i] for i in wanted], dtype=np.float32).reshape(len(wanted), self.dim)
@@ -320,8 +317,7 @@ class MilvusGallery:
 
     def commit_remove(self, ids: Sequence[int]) -> Committed:
         wanted = list(dict.fromkeys(int(i) for i in ids))
-        rows = self._client.get(self._name, ids=wanted, output_fields=["id"]) if wanted else []
-        present = {int(r["id"]) for r in rows}
+        present = {int(r["id"]) for r in self._get(wanted, ["id"])}
         gone = [i for i in wanted if i in present]
         if not gone:
             return Committed(self.version)
@@ -377,9 +373,14 @@ class MilvusGallery:
     def _records(self, ids: Sequence[int]) -> list[ItemRecord]:
         if not ids:
             return []
-        rows = self._client.get(self._name, ids=list(ids), output_fields=schema.ITEM_FIELDS)
-        by_id = {int(r["id"]): _record(r) for r in rows}
+        by_id = {int(r["id"]): _record(r) for r in self._get(ids, schema.ITEM_FIELDS)}
         return [by_id[i] for i in ids if i in by_id]
+
+    def _get(self, ids: Sequence[int], fields: list[str]) -> Iterator[dict[str, Any]]:
+        """Rows by id, CHUNK ids per request (Milvus answers at most 16,384 rows per query)."""
+        wanted = [int(i) for i in ids]
+        for start in range(0, len(wanted), CHUNK):
+            yield from self._client.get(self._name, ids=wanted[start : start + CHUNK], output_fields=fields)
 
     def _ids_for_shas(self, shas: Sequence[str]) -> dict[str, int]:
         """sha256 -> the smallest id holding it (see the module's note on concurrent adds)."""

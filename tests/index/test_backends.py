@@ -308,3 +308,13 @@ def test_an_acknowledged_add_survives_kill_9(make_gallery: MakeGallery, backend:
     gi = open_gallery(location)
     assert gi.count == 8 and all(gi.get(i) is not None for i in acknowledged)
     gi.close()
+
+
+def test_pages_and_batches_beyond_milvus_query_limit(make_gallery: MakeGallery) -> None:
+    """Milvus answers at most 16,384 rows per request: a larger page, vector batch or removal still gets all."""
+    n = 17_000
+    gi, x, ids = make_gallery(n, dim=4)
+    rows, total = gi.items(0, n)
+    assert total == n and [r.id for r in rows] == ids
+    assert np.allclose(gi.vectors(ids), x, atol=1e-6)
+    assert gi.remove(ids[:16_500]) == ids[:16_500] and gi.count == 500
