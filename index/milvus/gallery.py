@@ -29,6 +29,7 @@ from index.backend import Location
 from index.errors import IndexMismatchError
 from index.milvus import schema
 from index.milvus.ids import IdAllocator
+from index.milvus.items import CHUNK, ItemTable, count_rows, label_filter, to_record, to_row
 from index.records import Hit, ItemRecord, NewItem
 from index.vectors import check_vectors
 from index.working import Committed
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
 log = logging.getLogger(__name__)
-CHUNK = 2000  # rows per insert / get (well under Milvus's 64 MB per request at 256-d)
 MAX_TOPK = 16384  # Milvus's limit on k
 
 
@@ -47,6 +47,7 @@ class MilvusGallery:
         self._name, self._changes = loc.collection, schema.changes_name(loc.collection)
         self._media_dir = media_dir
         self._closed = False
+        self._table = ItemTable(client, loc.collection)
         self._alloc = IdAllocator()
         self._lock = threading.Lock()  # one add's lookup-then-insert at a time in this process (sha256 de-dup)
 
@@ -157,11 +158,11 @@ class MilvusGallery:
 
     @property
     def version(self) -> int:
-        return self._count(self._changes, "")  # the creation (row 0) is version 1
+        return count_rows(self._client, self._changes)  # the creation (row 0) is version 1
 
     @property
     def count(self) -> int:
-        return self._count(self._name, "")
+        return count_rows(self._client, self._name)
 
     @property
     def dim(self) -> int:
@@ -221,7 +222,7 @@ class MilvusGallery:
             self._name,
             data=x.tolist(),
             limit=min(k, MAX_TOPK),
-            filter=self._label_filter(label),
+            filter=label_filter(label),
             output_fields=["label", "path"],
             search_params={"metric_type": "IP", "params": schema.SEARCH_PARAMS.get(self._props["index_type"], {})},
         )
@@ -238,7 +239,7 @@ class MilvusGallery:
 
     def get(self, id: int) -> ItemRecord | None:
         rows = self._client.get(self._name, ids=[int(id)], output_fields=schema.ITEM_FIELDS)
-        return _record(rows[0]) if rows else None
+        return to_record(rows[0]) if rows else None
 
     def vector(self, id: int) -> np.ndarray | None:
         rows = self._client.get(self._name, ids=[int(id)], output_fields=["vector"])
@@ -246,27 +247,27 @@ class MilvusGallery:
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         wanted = [int(i) for i in ids]
-        got = {int(row["id"]): row["vector"] for row in self._get(wanted, ["vector"])}
+        got = {int(row["id"]): row["vector"] for row in self._table.get(wanted, ["vector"])}
         if len(got) != len(set(wanted)):
             raise KeyError("Some of these ids are not in the gallery.")
         return np.asarray([got[i] for i in wanted], dtype=np.float32).reshape(len(wanted), self.dim)
 
     def id_for_sha(self, sha256: str) -> int | None:
-        return self._ids_for_shas([sha256]).get(sha256)
+        return self._table.ids_for_shas([sha256]).get(sha256)
 
     def items(self, offset: int = 0, limit: int = 50, label: str | None = None) -> tuple[list[ItemRecord], int]:
         """A page in id order. Milvus answers queries in no particular order, so this sorts the matching ids
         (8 bytes each: 8 MB per million items) and fetches only the page's rows."""
         if offset < 0 or limit < 0:
             raise ValueError("offset and limit must be >= 0.")
-        ids = self._ids(self._label_filter(label))
+        ids = self._table.ids(label_filter(label))
         page = ids[offset : offset + limit]
-        return self._records(page), len(ids)
+        return self._table.records(page), len(ids)
 
     def all_records(self) -> Iterator[ItemRecord]:
-        ids = self._ids("")
+        ids = self._table.ids("")
         for start in range(0, len(ids), CHUNK):
-            yield from self._records(ids[start : start + CHUNK])
+            yield from self._table.records(ids[start : start + CHUNK])
 
     def image_path(self, id: int) -> Path | None:
         record = self.get(id)
@@ -282,7 +283,7 @@ class MilvusGallery:
 
     def labels(self) -> dict[str, int]:
         counts: Counter[str] = Counter()
-        for batch in self._iterate("", ["label"]):
+        for batch in self._table.batches("", ["label"]):
             counts.update(row["label"] for row in batch)
         return dict(sorted(counts.items()))
 
@@ -300,15 +301,14 @@ class MilvusGallery:
         if not items:
             return Committed(self.version)
         with self._lock:
-            known = self._ids_for_shas(sorted({item.sha256 for item in items}))
+            known = self._table.ids_for_shas(sorted({item.sha256 for item in items}))
             ids, rows, now = [], [], time.time()
             for vec, item in zip(x, items, strict=True):
                 if item.sha256 not in known:
                     [known[item.sha256]] = self._alloc.take(1)
-                    rows.append(_row(known[item.sha256], vec, item, now))
+                    rows.append(to_row(known[item.sha256], vec, item, now))
                 ids.append(known[item.sha256])
-            for start in range(0, len(rows), CHUNK):
-                self._client.insert(self._name, rows[start : start + CHUNK])
+            self._table.insert(rows)
             version = self._changed("add") if rows else self.version
         return Committed(version, ids, [row["id"] for row in rows])
 
@@ -317,7 +317,7 @@ class MilvusGallery:
 
     def commit_remove(self, ids: Sequence[int]) -> Committed:
         wanted = list(dict.fromkeys(int(i) for i in ids))
-        present = {int(r["id"]) for r in self._get(wanted, ["id"])}
+        present = {int(r["id"]) for r in self._table.get(wanted, ["id"])}
         gone = [i for i in wanted if i in present]
         if not gone:
             return Committed(self.version)
@@ -351,68 +351,3 @@ class MilvusGallery:
         [change_id] = self._alloc.take(1)
         self._client.insert(self._changes, [schema.change_row(change_id, kind)])
         return self.version
-
-    def _count(self, collection: str, expr: str) -> int:
-        rows = self._client.query(collection, filter=expr, output_fields=["count(*)"])
-        return int(rows[0]["count(*)"])
-
-    def _label_filter(self, label: str | None) -> str:
-        return "" if label is None else f"label == {schema.label_literal(label)}"
-
-    def _iterate(self, expr: str, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
-        it = self._client.query_iterator(self._name, batch_size=CHUNK * 4, filter=expr, output_fields=fields)
-        try:
-            while batch := it.next():
-                yield batch
-        finally:
-            it.close()
-
-    def _ids(self, expr: str) -> list[int]:
-        return sorted(int(row["id"]) for batch in self._iterate(expr, ["id"]) for row in batch)
-
-    def _records(self, ids: Sequence[int]) -> list[ItemRecord]:
-        if not ids:
-            return []
-        by_id = {int(r["id"]): _record(r) for r in self._get(ids, schema.ITEM_FIELDS)}
-        return [by_id[i] for i in ids if i in by_id]
-
-    def _get(self, ids: Sequence[int], fields: list[str]) -> Iterator[dict[str, Any]]:
-        """Rows by id, CHUNK ids per request (Milvus answers at most 16,384 rows per query)."""
-        wanted = [int(i) for i in ids]
-        for start in range(0, len(wanted), CHUNK):
-            yield from self._client.get(self._name, ids=wanted[start : start + CHUNK], output_fields=fields)
-
-    def _ids_for_shas(self, shas: Sequence[str]) -> dict[str, int]:
-        """sha256 -> the smallest id holding it (see the module's note on concurrent adds)."""
-        found: dict[str, int] = {}
-        for start in range(0, len(shas), CHUNK):
-            chunk = ", ".join(schema.label_literal(s) for s in shas[start : start + CHUNK])
-            for row in self._client.query(self._name, filter=f"sha256 in [{chunk}]", output_fields=["id", "sha256"]):
-                sha, id_ = row["sha256"], int(row["id"])
-                found[sha] = min(id_, found.get(sha, id_))
-        return found
-
-
-def _row(id_: int, vector: np.ndarray, item: NewItem, now: float) -> dict[str, Any]:
-    return {
-        "id": id_,
-        "vector": vector.tolist(),
-        "label": item.label,
-        "sha256": item.sha256,
-        "path": item.path,
-        "width": int(item.width),
-        "height": int(item.height),
-        "added_at": now,
-    }
-
-
-def _record(row: dict[str, Any]) -> ItemRecord:
-    return ItemRecord(
-        int(row["id"]),
-        row["path"],
-        row["label"],
-        row["sha256"],
-        int(row["width"]),
-        int(row["height"]),
-        float(row["added_at"]),
-    )
