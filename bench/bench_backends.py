@@ -1,7 +1,8 @@
 """The two gallery backends on the same vectors (issue 13): durable single adds, search p50/p99 (with and
 without a label filter) and recall@10 against exact answers, at 100k and 1M 256-d vectors.
 
-    nice -n 10 .venv/bin/python -m bench.bench_backends [--sizes 100000,1000000] [--backends faiss,milvus-lite]
+    nice -n 10 .venv/bin/python -m bench.bench_backends [--quick] [--sizes 100000,1000000] [--backends ...]
+        [--milvus-lite-path DIR]
 
 Backends: ``faiss`` (the embedded gallery: its base written in bulk with the factory ``imgsim index build``
 picks for the size, then opened as the writer), ``milvus-lite`` (Milvus Lite, FLAT: exact, the backend's
@@ -19,8 +20,10 @@ on this machine, not Milvus at scale.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import resource
 import shutil
 import subprocess
@@ -120,7 +123,7 @@ def worker(backend: str, where: Path, n: int) -> dict[str, Any]:
     return row
 
 
-def run(backend: str, n: int, workdir: Path, lite_path: str | None) -> dict[str, Any]:
+def worker_row(backend: str, n: int, workdir: Path, lite_path: str | None) -> dict[str, Any]:
     where = workdir / f"{backend}-{n}"
     print(f"[bench_backends] {backend} n={n:,}", file=sys.stderr, flush=True)
     cmd = [sys.executable, "-m", "bench.bench_backends", "--worker", backend, str(where), str(n)]
@@ -158,10 +161,47 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run(
+    quick: bool = False,
+    sizes: list[int] | None = None,
+    backends: list[str] | None = None,
+    lite_path: str | None = None,
+    json_out: Path | None = None,
+) -> str:
+    """The Markdown section (``bench.run_all``): 10k on FAISS and Milvus Lite with ``quick``, else 100k and 1M
+    on every backend. ``lite_path`` (or ``BENCH_MILVUS_LITE_PATH``): see ``--milvus-lite-path``."""
+    sizes = sizes or ([10_000] if quick else [100_000, 1_000_000])
+    backends = backends or (["faiss", "milvus-lite"] if quick else ["faiss", "milvus-lite", "milvus-lite-ivf"])
+    lite_path = lite_path or os.environ.get("BENCH_MILVUS_LITE_PATH")
+    load_before = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    started = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
+        for n in sizes:
+            for backend in backends:
+                rows.append(worker_row(backend, n, Path(tmp), lite_path))
+                print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2))
+    load = f"{load_before} before, {' '.join(f'{v:.1f}' for v in os.getloadavg())} after"
+    command = "python -m bench.bench_backends " + " ".join(sys.argv[1:])
+    return "\n".join(
+        [
+            "### Gallery backends (bench/bench_backends.py)",
+            f"{platform.platform()}, {os.cpu_count()} CPUs, milvus-lite {lite_version(lite_path)}; "
+            f"`{command.strip()}`; {datetime.date.today()}; {(time.perf_counter() - started) / 60:.0f} min; "
+            f"load average {load}.",
+            "",
+            table(rows),
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument("--backends", default="faiss,milvus-lite,milvus-lite-ivf")
+    parser.add_argument("--quick", action="store_true", help="10k, FAISS and Milvus Lite FLAT only")
+    parser.add_argument("--sizes", default=None, help="comma-separated, e.g. 100000,1000000")
+    parser.add_argument("--backends", default=None, help="faiss,milvus-lite,milvus-lite-ivf,milvus-lite-hnsw")
     parser.add_argument("--worker", nargs=3, metavar=("BACKEND", "WHERE", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument(
@@ -174,16 +214,9 @@ def main() -> None:
         backend, where, n = args.worker
         print(json.dumps(worker(backend, Path(where), int(n))))
         return
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
-        for n in [int(s) for s in args.sizes.split(",")]:
-            for backend in args.backends.split(","):
-                rows.append(run(backend, n, Path(tmp), args.milvus_lite_path))
-                print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
-    print(f"milvus-lite {lite_version(args.milvus_lite_path)}")
-    print(table(rows))
+    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else None
+    backends = args.backends.split(",") if args.backends else None
+    print(run(args.quick, sizes, backends, args.milvus_lite_path, args.json))
 
 
 if __name__ == "__main__":
