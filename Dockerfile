@@ -39,8 +39,12 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_INDEX_URL="$TORCH_INDEX_URL"; 
 # pyproject.toml itself (no second requirements file to keep in step); torch is already satisfied above.
 WORKDIR /src
 COPY pyproject.toml ./
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
+# IMGSIM_EXTRAS: optional extras to install too, comma-separated (compose's `scale` profile builds with "scale").
+ARG IMGSIM_EXTRAS=""
+RUN python3 -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = [e for e in os.environ.get('IMGSIM_EXTRAS', '').split(',') if e]; \
+deps = p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e] if not d.startswith('imgsim')]; \
+print('\n'.join(deps))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
 COPY README.md ./

@@ -63,7 +63,7 @@ lint-container: $(DEV_STAMP)
 		set -e; \
 		echo "$(COMPOSE) -f docker-compose.yml config -q"; \
 		$(COMPOSE) -f docker-compose.yml config -q; \
-		$(COMPOSE) -f docker-compose.yml --profile cpu --profile jobs config -q; \
+		$(COMPOSE) -f docker-compose.yml --profile cpu --profile jobs --profile scale config -q; \
 	elif [ -n "$(COMPOSE_REQUIRED)" ]; then \
 		echo "error: neither 'docker compose' nor 'docker-compose' is installed" \
 		     "(Debian: apt-get install docker-compose)" >&2; exit 1; \

@@ -87,6 +87,8 @@ def check_inputs(args: argparse.Namespace) -> None:
         for value in values if isinstance(values, list) else [values]:
             if value is None or Path(value).exists():
                 continue
+            if dest == "index" and str(value).startswith("milvus"):  # Milvus: opening it says what is wrong
+                continue
             if dest == "checkpoint":
                 raise FileNotFoundError(locations.missing_model_message(Path(value), args.settings))
             if dest == "index":

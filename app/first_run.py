@@ -80,7 +80,7 @@ def offline_message(reason: str, download_dir: Path) -> str:
         "       IMGSIM_DATA_DIR=/path/to/photos make run\n"
         "  2. On a machine with internet access, download the dataset and copy the folder here:\n"
         f"       imgsim data stanford-dogs {download_dir}\n"
-        f"     then:  IMGSIM_DATA_DIR={download_dir}/train make run   (the folder it prints: \"train on ...\")"
+        f'     then:  IMGSIM_DATA_DIR={download_dir}/train make run   (the folder it prints: "train on ...")'
     )
 
 

@@ -75,7 +75,7 @@ def add_item(
         gi.ensure_writer()  # media files are written only by the gallery's writer (the sweep relies on it)
         stored = shrink(image, service.settings.media_max_side)
         relative = f"media/{sha}.jpg"
-        path = Path(gi.index_dir) / relative
+        path = gi.media_dir / f"{sha}.jpg"
         try:
             write_atomic(path, encode_jpeg(stored))
         except OSError as exc:
@@ -103,13 +103,14 @@ def remove_item(service: Service, item_id: int) -> int:
     record = gi.get(item_id)
     if record is None:
         raise not_found(item_id)
+    stored = gi.image_path(item_id) if record.path.startswith("media/") else None
     with _content_lock(record.sha256):
         done = gi.commit_remove([item_id])
         if not done.ids:  # removed concurrently
             raise not_found(item_id)
-        if record.path.startswith("media/"):
+        if stored is not None:
             # Only after the removal is durable; media of the gallery folder is never touched.
-            _discard(Path(gi.index_dir) / record.path)
+            _discard(stored)
     return done.version
 
 

@@ -22,8 +22,20 @@ DOWNLOAD_MARKER = ".imgsim-gallery"  # in the download folder: the gallery path 
 def recorded_checkpoint(index_dir: Path) -> Path | None:
     """The checkpoint the gallery at ``index_dir`` records, read from its manifest alone (opening the gallery
     would load its vectors); None when there is no gallery or it records none."""
+    from index.backend import gallery_exists, open_gallery, parse_location
     from index.snapshot import read_current, read_manifest, snapshot_name, snapshots_dir
 
+    if parse_location(index_dir).kind != "faiss":  # a Milvus gallery records it in its collection
+        try:
+            if not gallery_exists(index_dir):
+                return None
+            gallery = open_gallery(index_dir)
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.debug("no checkpoint recorded in %s: %s", index_dir, exc)
+            return None
+        recorded_at = gallery.checkpoint
+        gallery.close()
+        return Path(recorded_at) if recorded_at else None
     try:
         version = read_current(index_dir)
         if version is None:

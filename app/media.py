@@ -25,4 +25,3 @@ def encode_jpeg(image: Image.Image, max_side: int | None = None, quality: int = 
     out = io.BytesIO()
     image.convert("RGB").save(out, format="JPEG", quality=quality, optimize=False)
     return out.getvalue()
-

@@ -76,8 +76,9 @@ class EmbedResponse(BaseModel):
 class VectorSearchRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"vector": [0.1, 0.2, 0.3], "k": 5}]})
     vector: list[float] = Field(
-        min_length=1, max_length=4096, description="an embedding of this model (GET /v1/model: embedding_dim); "
-        "it is scaled to unit length"
+        min_length=1,
+        max_length=4096,
+        description="an embedding of this model (GET /v1/model: embedding_dim); it is scaled to unit length",
     )
     k: int = Field(default=5, ge=1, le=100, description="number of results")
     label: str | None = Field(default=None, max_length=200, description="only items with this label")

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,8 +30,8 @@ from app.media import shrink
 from app.prometheus import Metrics
 from app.schemas import ModelInfo, SearchHit
 from app.settings import Settings
-from index import CompactionPolicy, GalleryIndex, Hit
-from index.gallery import recorded_precision
+from index import CompactionPolicy, Hit
+from index.backend import Gallery, create_empty_gallery, gallery_exists, open_gallery, recorded_precision
 from model.core.device import resolve_device
 from model.core.images import ImageError, load_image
 from model.inference.embedder import Embedder, ModelError
@@ -70,29 +69,36 @@ def load_embedder(settings: Settings) -> Embedder:
     )
 
 
-def open_index(settings: Settings, embedder: Embedder) -> GalleryIndex:
+def open_index(settings: Settings, embedder: Embedder) -> Gallery:
     """Open the gallery built by this model, or create an empty one; a gallery of another model, or embedded in
-    other numerics (int8 vs float), is refused."""
+    other numerics (int8 vs float), is refused. ``settings.index`` is a folder (FAISS),
+    ``milvus://HOST:PORT/COLLECTION`` or a Milvus Lite ``*.db``."""
     ckpt = embedder.checkpoint
-    index_dir = Path(settings.index)
     policy = CompactionPolicy(max_changes=settings.compact_max_changes, max_age_s=settings.compact_max_age_s)
+    media = settings.media_dir
     if settings.read_only:  # a replica: the writer creates the gallery (a few seconds, when it starts beside us)
         deadline = time.monotonic() + READ_ONLY_WAIT_S
-        while not (index_dir / "CURRENT").is_file() and time.monotonic() < deadline:
+        while not gallery_exists(settings.index) and time.monotonic() < deadline:
             time.sleep(0.2)
-        return GalleryIndex.open(index_dir, model_hash=ckpt.hash, dim=embedder.dim)
-    if (index_dir / "CURRENT").is_file():
-        return GalleryIndex.open(
-            index_dir, model_hash=ckpt.hash, dim=embedder.dim, precision=embedder.precision, policy=policy
+        return open_gallery(settings.index, model_hash=ckpt.hash, dim=embedder.dim, media_dir=media)
+    if gallery_exists(settings.index):
+        return open_gallery(
+            settings.index,
+            model_hash=ckpt.hash,
+            dim=embedder.dim,
+            precision=embedder.precision,
+            policy=policy,
+            media_dir=media,
         )
-    log.info("no gallery at %s: creating an empty one", index_dir)
-    return GalleryIndex.create(
-        index_dir,
+    log.info("no gallery at %s: creating an empty one", settings.index)
+    return create_empty_gallery(
+        settings.index,
         model_hash=ckpt.hash,
         backbone=ckpt.config.backbone,
         dim=embedder.dim,
         precision=embedder.precision,
         policy=policy,
+        media_dir=media,
     )
 
 
@@ -106,7 +112,7 @@ class Upload:
 class Service:
     settings: Settings
     embedder: Embedder
-    index: GalleryIndex
+    index: Gallery
     metrics: Metrics
     batcher: DynamicBatcher[Item, Outcome] = field(init=False)
     budget: MemoryBudget = field(init=False)
@@ -253,7 +259,8 @@ class Service:
     async def search(self, vectors: np.ndarray, k: int, label: str | None) -> list[list[Hit]]:
         # A thread hop costs more than an exact search of a small gallery (about 0.1 ms for 4,000 items of 256
         # floats), so that runs here; a larger gallery is searched in a worker thread, off the event loop.
-        if self.index.count * self.index.dim <= INLINE_SEARCH_FLOATS:
+        index = self.index
+        if index.searched_in_memory and index.count * index.dim <= INLINE_SEARCH_FLOATS:
             return self.index.search(vectors, k, label=label)
         return await to_thread.run_sync(lambda: self.index.search(vectors, k, label=label))
 

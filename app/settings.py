@@ -30,7 +30,15 @@ class Settings(BaseSettings):
     checkpoint: Path | None = Field(
         default=None, description="trained checkpoint (None: the one the gallery records, else RUN_DIR/best.pt)"
     )
-    index: Path = Field(default=Path("indexes/default"), description="gallery index folder; created empty if missing")
+    index: Path = Field(
+        default=Path("indexes/default"),
+        description="gallery: a folder (FAISS), milvus://HOST:PORT/COLLECTION or a Milvus Lite *.db; made if missing",
+    )
+    media_dir: Path | None = Field(
+        default=None,
+        description="uploaded images of a Milvus gallery, shared by its replicas (None: beside the .db, else "
+        "media/COLLECTION); a FAISS gallery keeps them in its folder",
+    )
     download_dir: Path = Field(default=Path("data/stanford-dogs"), description="where Stanford Dogs is downloaded")
     train_args: str = Field(default="--mode frozen", description="extra `imgsim train` options of `imgsim up`")
     # Named when the checkpoint is missing: the one-shot command that trains and indexes (compose: its setup job).

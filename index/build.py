@@ -19,7 +19,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from index import factory as fx
-from index.gallery import GalleryIndex, recorded_precision
+from index.backend import recorded_precision
+from index.gallery import GalleryIndex
 from index.records import NewItem
 from model.core.checkpoint import Checkpoint
 from model.core.device import resolve_device

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from index.backend import open_gallery, parse_location
 from index.build import BuildReport, UpdateReport, add_files, build_gallery_index, make_embedder, update_gallery_index
 from index.errors import IndexMismatchError
 from index.gallery import GalleryIndex
@@ -16,7 +17,9 @@ from index.rebuild import rebuild_gallery_index
 if TYPE_CHECKING:
     from index.ray_embed import RayOptions
 
-INDEX_HELP = "gallery index folder (IMGSIM_INDEX; default indexes/default)"
+INDEX_HELP = (
+    "gallery: a folder, milvus://HOST:PORT/COLLECTION or a Milvus Lite *.db (IMGSIM_INDEX; default indexes/default)"
+)
 CHECKPOINT_HELP = "trained checkpoint (IMGSIM_CHECKPOINT; default: the one the index records)"
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (IMGSIM_DEVICE; default auto)"
 JSON_HELP = "print the result as one JSON object"
@@ -97,6 +100,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_info, from_settings={"index": "index"}, input_files=("index",))
 
+    p = sub.add_parser("export", help="write the gallery to a portable folder (streamed, a chunk at a time)")
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("out", help="a new folder for the export")
+    p.add_argument("--chunk", type=int, default=10_000, help="items per chunk file (%(default)s)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_export, from_settings={"index": "index"}, input_files=("index",))
+
+    p = sub.add_parser("import", help="add an export to a gallery (created if missing); resumable")
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("src", help="a folder written by `imgsim index export`")
+    p.add_argument("--media-dir", help="uploads of a Milvus gallery (IMGSIM_MEDIA_DIR; default beside the .db)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_import, from_settings={"index": "index", "media_dir": "media_dir"}, input_files=("src",))
+
     p = subparsers.add_parser("search", help="find the gallery images most similar to IMAGE")
     p.add_argument("--index", help=INDEX_HELP)
     p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
@@ -149,13 +166,23 @@ def _print_report(report: BuildReport | UpdateReport, as_json: bool) -> None:
 def _recorded_checkpoint(index_dir: str, given: str | None) -> str:
     if given:
         return given
-    recorded = GalleryIndex.open(index_dir).checkpoint
+    with open_gallery(index_dir) as gallery:
+        recorded = gallery.checkpoint
     if not recorded:
         raise ValueError(f"{index_dir} records no checkpoint; pass --checkpoint.")
     return recorded
 
 
+def _faiss_only(index: str, action: str, instead: str) -> None:
+    if parse_location(index).kind != "faiss":
+        raise ValueError(f"`imgsim index {action}` works on a gallery folder, not on {index}: {instead}.")
+
+
+IMPORT_INSTEAD = "build a folder, then `imgsim index export` it and `imgsim index import` the export"
+
+
 def cmd_build(args: argparse.Namespace) -> int:
+    _faiss_only(args.index, "build", IMPORT_INSTEAD)
     if args.data is None:
         raise ValueError("Which photos? Pass --data (or set IMGSIM_DATA_DIR): one subfolder of images per class.")
     options = {
@@ -175,6 +202,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    _faiss_only(args.index, "add", "add photos through the service (POST /v1/gallery), or " + IMPORT_INSTEAD)
     report = add_files(
         _recorded_checkpoint(args.index, args.checkpoint),
         args.index,
@@ -193,7 +221,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    with GalleryIndex.open(args.index) as gi:
+    with open_gallery(args.index) as gi:
         removed = gi.remove(args.ids)
         version = gi.version
     unknown = sorted(set(args.ids) - set(removed))
@@ -211,7 +239,7 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     label = args.label.strip()
     if not label or not label.isprintable():
         raise ValueError("The label must be non-empty printable text.")
-    with GalleryIndex.open(args.index) as gi:
+    with open_gallery(args.index) as gi:
         done = gi.relabel(args.id, label)
     if not done.ids:
         raise ValueError(f"No item with id {args.id} in {args.index}.")
@@ -223,6 +251,7 @@ def cmd_relabel(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
+    _faiss_only(args.index, "compact", "Milvus compacts its segments itself")
     with GalleryIndex.open(args.index) as gi:
         pending = gi.pending
         version = gi.compact()
@@ -234,6 +263,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
+    _faiss_only(args.index, "update", IMPORT_INSTEAD)
     gallery = args.data or GalleryIndex.open(args.index).gallery_root
     if gallery is None:
         raise ValueError(f"{args.index} records no gallery folder; pass --data.")
@@ -257,7 +287,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = GalleryIndex.open(args.index).info()
+    info = open_gallery(args.index).info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -270,7 +300,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     image = Path(args.image)
-    gi = GalleryIndex.open(args.index)
+    gi = open_gallery(args.index)
     checkpoint = args.checkpoint or _recorded_checkpoint(args.index, None)
     embedder = make_embedder(checkpoint, args.device, index_dir=args.index)  # the gallery's precision
     if embedder.checkpoint.hash != gi.model_hash or embedder.dim != gi.dim:
@@ -306,4 +336,39 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"{rank:>4}  {hit.id:>7}  {hit.distance:>8.4f}  {hit.similarity:>7.4f}  {hit.label:<20}  {hit.path}")
     if montage:
         print(f"montage saved to {montage}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from index.transfer import export_gallery
+
+    gallery = open_gallery(args.index)
+    try:
+        report = export_gallery(gallery, args.out, chunk_items=args.chunk)
+    finally:
+        gallery.close()
+    if args.json:
+        print(json.dumps(asdict(report), default=str))
+    else:
+        print(f"exported {report.items} items ({report.media} uploaded images) of {args.index} to {report.out}")
+        if report.missing_media:
+            print(f"uploaded images missing (items kept): {' '.join(map(str, report.missing_media))}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from index.transfer import import_gallery
+
+    def progress(done: int, total: int) -> None:
+        if not args.json:
+            print(f"chunk {done}/{total} added", flush=True)
+
+    report = import_gallery(args.src, args.index, media_dir=args.media_dir, on_chunk=progress)
+    if args.json:
+        print(json.dumps(asdict(report)))
+    else:
+        print(
+            f"imported {report.added} items into {report.index} ({report.already_there} already there); "
+            f"version {report.version}"
+        )
     return 0

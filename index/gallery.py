@@ -31,6 +31,7 @@ from index.records import Hit, ItemRecord, NewItem
 from index.search import run_search
 from index.snapshot import read_current, read_manifest, snapshot_name, snapshots_dir
 from index.store import Store, load
+from index.vectors import check_vectors
 from index.view import View
 from index.working import AddRequest, Committed, RelabelRequest, RemoveRequest, SettingsRequest
 
@@ -222,6 +223,10 @@ class GalleryIndex:
         return path
 
     @property
+    def searched_in_memory(self) -> bool:
+        return True
+
+    @property
     def fsyncs(self) -> int:
         """Batches this object has committed (one log write and one fsync each)."""
         return self._store.commit.batches
@@ -277,6 +282,15 @@ class GalleryIndex:
     def vector(self, id: int) -> np.ndarray | None:
         return self._store.view.vector(int(id))
 
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of ``ids`` (all present), one version's, as an (n, dim) array."""
+        view = self._store.view
+        found = [view.vector(int(i)) for i in ids]
+        present = [v for v in found if v is not None]
+        if len(present) != len(found):
+            raise KeyError("Some of these ids are not in the gallery.")
+        return np.stack(present) if present else np.zeros((0, self.dim), np.float32)
+
     def image_path(self, id: int) -> Path | None:
         record = self.get(id)
         if record is None:
@@ -329,12 +343,4 @@ class GalleryIndex:
         return self._store.view.base.version
 
     def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
-        x = np.asarray(vectors, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"Expected vectors of shape (n, {self.dim}), got {x.shape}.")
-        if not np.isfinite(x).all():
-            raise ValueError("Vectors contain NaN or infinity.")
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise ValueError("Vectors must not be zero.")
-        return np.ascontiguousarray(x / norms)  # callers pass unit vectors; this guards the cosine maths
+        return check_vectors(vectors, self.dim)

@@ -194,6 +194,11 @@ def compose() -> dict[str, Any]:
     return data
 
 
+def imgsim_services() -> dict[str, Any]:
+    """The services that run the imgsim image (not Milvus and what it stores in)."""
+    return {name: s for name, s in compose()["services"].items() if "build" in s}
+
+
 def test_api_reserves_gpus_publishes_the_port_and_mounts_the_volumes() -> None:
     services = compose()["services"]
     api = services["api"]
@@ -202,7 +207,7 @@ def test_api_reserves_gpus_publishes_the_port_and_mounts_the_volumes() -> None:
     assert api["ports"] == ["${IMGSIM_PUBLISH_PORT:-8000}:8000"]
     targets = {v.rsplit(":", 1)[1] for v in api["volumes"]}
     assert targets == {"/data", "/models", "/indexes"}
-    assert set(compose()["volumes"]) == {"models", "indexes"}
+    assert {"models", "indexes"} <= set(compose()["volumes"])
     assert api["environment"]["IMGSIM_DEVICE"] == "${IMGSIM_DEVICE:-auto}"
     assert api["environment"]["IMGSIM_PORT"] == "8000"
     parses_as_imgsim(api["command"])
@@ -244,8 +249,37 @@ def test_setup_has_a_cpu_twin_and_training_services_have_shared_memory() -> None
     )
 
 
+def test_scale_profile_serves_one_milvus_gallery_with_two_replicas() -> None:
+    """Milvus standalone with its etcd and MinIO, and two API replicas pointing at it, sharing the uploads."""
+    from index.backend import parse_location
+
+    services = compose()["services"]
+    scale = {name for name, s in services.items() if "scale" in s.get("profiles", [])}
+    assert scale == {"api-scale-1", "api-scale-2", "milvus", "etcd", "minio"}
+    milvus = services["milvus"]
+    assert milvus["image"].startswith("milvusdb/milvus:") and milvus["command"] == ["milvus", "run", "standalone"]
+    assert (milvus["environment"]["ETCD_ENDPOINTS"], milvus["environment"]["MINIO_ADDRESS"]) == (
+        "etcd:2379",
+        "minio:9000",
+    )
+    replicas = [services["api-scale-1"], services["api-scale-2"]]
+    ports = {r["ports"][0].split(":")[-1] for r in replicas}
+    assert ports == {"8000"} and replicas[0]["ports"] != replicas[1]["ports"]  # two host ports, one each
+    for replica in replicas:
+        location = parse_location(replica["environment"]["IMGSIM_INDEX"])
+        assert (location.kind, location.uri) == ("milvus", "http://milvus:19530")
+        assert replica["depends_on"]["milvus"]["condition"] == "service_healthy"
+        assert "media:" + replica["environment"]["IMGSIM_MEDIA_DIR"] in replica["volumes"]  # uploads shared
+        assert replica["build"]["args"]["IMGSIM_EXTRAS"] == "scale"  # the image with pymilvus
+        assert replica["healthcheck"] == services["api"]["healthcheck"] and "deploy" not in replica
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["scale"]
+    assert any(d.startswith("pymilvus") for d in extra)
+
+
 def test_compose_environment_names_are_real_settings() -> None:
-    for name, service in compose()["services"].items():
+    for name, service in imgsim_services().items():
         names = set(service["environment"])
         assert names <= settings_env_names() | UP_ONLY, name
 
@@ -268,7 +302,7 @@ def test_env_example_lists_every_setting() -> None:
 def compose_commands() -> list[list[str]]:
     """Every `imgsim ...` the compose file runs or tells the reader to run (in its comments)."""
     text = COMPOSE.read_text()
-    commands = [s["command"] for s in compose()["services"].values() if "command" in s]
+    commands = [s["command"] for s in imgsim_services().values() if "command" in s]
     joined = re.sub(r"\\\n#\s*", " ", text)  # comment lines continued with a backslash
     for match in re.finditer(r"run --rm [\w-]+ (imgsim [^\n]+)", joined):
         commands.append(shlex.split(match.group(1)))
@@ -296,7 +330,7 @@ def test_compose_validates_and_rejects_a_broken_copy(tmp_path: Path) -> None:
     if tool is None:
         pytest.skip("no `docker compose` or `docker-compose` (CI installs Debian's docker-compose)")
     ok = subprocess.run(
-        [*tool, "-f", str(COMPOSE), "--profile", "cpu", "--profile", "jobs", "config", "-q"],
+        [*tool, "-f", str(COMPOSE), "--profile", "cpu", "--profile", "jobs", "--profile", "scale", "config", "-q"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -21,7 +21,8 @@ from PIL import Image
 from app.main import create_app
 from app.serve_cli import uvicorn_config
 from app.settings import Settings
-from index import GalleryIndex, NewItem
+from index import NewItem
+from index.backend import create_empty_gallery, open_gallery
 from model.core.images import load_image
 from model.inference.embedder import Embedder
 
@@ -43,12 +44,26 @@ def gallery_files(synthetic_gallery: Path) -> list[Path]:
     return sorted(synthetic_gallery.glob("*/*.png"))
 
 
+BACKENDS = ["faiss", "milvus-lite"]
+# Put on a gallery test: it runs on the FAISS gallery and on Milvus (Milvus Lite in tmp_path).
+on_both_backends = pytest.mark.parametrize("gallery_backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def index_dir(tmp_path: Path, synthetic_gallery: Path, gallery_files: list[Path], embedder: Embedder) -> Path:
-    """A real GalleryIndex holding every synthetic image, embedded by the tiny model."""
-    path = tmp_path / "index"
+def gallery_backend(request: pytest.FixtureRequest) -> str:
+    """The gallery's backend: FAISS unless a test asks for both (``on_both_backends``)."""
+    return str(getattr(request, "param", "faiss"))
+
+
+@pytest.fixture
+def index_dir(
+    tmp_path: Path, synthetic_gallery: Path, gallery_files: list[Path], embedder: Embedder, gallery_backend: str
+) -> Path:
+    """A real gallery holding every synthetic image, embedded by the tiny model: a FAISS folder, or a Milvus
+    Lite file (``*.db``) for the Milvus backend."""
+    path = tmp_path / ("index" if gallery_backend == "faiss" else "index.db")
     ckpt = embedder.checkpoint
-    gi = GalleryIndex.create(
+    gi = create_empty_gallery(
         path,
         model_hash=ckpt.hash,
         backbone=ckpt.config.backbone,
@@ -70,6 +85,15 @@ def index_dir(tmp_path: Path, synthetic_gallery: Path, gallery_files: list[Path]
     gi.compact()
     gi.close()  # the service's gallery becomes the writer at its first change
     return path
+
+
+def media_dir_of(index: Path) -> Path:
+    """Where the service stores the uploads of the gallery at ``index``."""
+    gallery = open_gallery(index)
+    try:
+        return gallery.media_dir
+    finally:
+        gallery.close()
 
 
 @pytest.fixture

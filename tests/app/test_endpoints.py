@@ -20,7 +20,7 @@ import app.service
 from app.main import create_app
 from app.settings import Settings
 from model.inference.embedder import Embedder
-from tests.app.conftest import ground_truth, png_bytes
+from tests.app.conftest import ground_truth, media_dir_of, on_both_backends, png_bytes
 from tests.conftest import draw_shape
 
 
@@ -70,6 +70,7 @@ def test_compare_matches_in_process_embeddings(
     assert same["dissimilarity"] < 1e-4 and same["same"] is True and abs(same["similarity"] - 1) < 1e-4
 
 
+@on_both_backends
 def test_search_matches_brute_force(client: TestClient, embedder: Embedder, gallery_files: list[Path]) -> None:
     query = png_bytes(draw_shape("blue_triangles", np.random.default_rng(7)))
     r = client.post("/v1/search", files={"image": ("q.png", query)}, data={"k": "7"})
@@ -86,6 +87,7 @@ def test_search_matches_brute_force(client: TestClient, embedder: Embedder, gall
     assert len(default["results"]) == 5
 
 
+@on_both_backends
 def test_search_label_filter_and_batch(client: TestClient) -> None:
     query = png_bytes(draw_shape("red_circles", np.random.default_rng(3)))
     r = client.post("/v1/search", files={"image": ("q.png", query)}, data={"k": "20", "label": "yellow_bars"})
@@ -102,6 +104,7 @@ def test_search_label_filter_and_batch(client: TestClient) -> None:
     assert [[h["id"] for h in q] for q in got] == [[h["id"] for h in q] for q in single]
 
 
+@on_both_backends
 def test_small_and_large_galleries_are_searched_alike(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """A small gallery is searched on the event loop, a large one in a worker thread: the same answers."""
     query = png_bytes(draw_shape("green_squares", np.random.default_rng(9)))
@@ -147,6 +150,7 @@ def test_no_dependency_runs_in_the_thread_pool(settings: Settings) -> None:
     assert checked > 10
 
 
+@on_both_backends
 def test_similar_excludes_the_item(client: TestClient, embedder: Embedder, gallery_files: list[Path]) -> None:
     item = client.get("/v1/gallery", params={"limit": 1}).json()["items"][0]
     r = client.get(f"/v1/gallery/{item['id']}/similar", params={"k": 4})
@@ -158,6 +162,7 @@ def test_similar_excludes_the_item(client: TestClient, embedder: Embedder, galle
     np.testing.assert_allclose([h["distance"] for h in hits], [d for _, d in expected], atol=1e-4)
 
 
+@on_both_backends
 def test_gallery_list_get_image(client: TestClient) -> None:
     page = client.get("/v1/gallery", params={"offset": 10, "limit": 5}).json()
     assert page["total"] == 48 and len(page["items"]) == 5 and page["offset"] == 10
@@ -173,6 +178,7 @@ def test_gallery_list_get_image(client: TestClient) -> None:
     assert max(Image.open(io.BytesIO(thumb.content)).size) == 32
 
 
+@on_both_backends
 def test_add_search_delete(client: TestClient, index_dir: Path) -> None:
     photo = draw_shape("green_squares", np.random.default_rng(99), size=300)
     upload = png_bytes(photo)
@@ -180,7 +186,7 @@ def test_add_search_delete(client: TestClient, index_dir: Path) -> None:
     assert r.status_code == 201, r.text
     item = r.json()
     assert item["created"] is True and item["label"] == "new_label" and item["index_version"] >= 2
-    media = index_dir / "media" / f"{item['sha256']}.jpg"
+    media = media_dir_of(index_dir) / f"{item['sha256']}.jpg"
     assert media.is_file()
     served = client.get(item["image_url"]).content
     assert served != upload and Image.open(io.BytesIO(served)).format == "JPEG"

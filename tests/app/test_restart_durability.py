@@ -6,10 +6,11 @@ import numpy as np
 
 from app.settings import Settings
 from index import GalleryIndex
-from tests.app.conftest import png_bytes, running
+from tests.app.conftest import on_both_backends, png_bytes, running
 from tests.conftest import draw_shape
 
 
+@on_both_backends
 def test_changes_survive_restart(settings: Settings) -> None:
     upload = png_bytes(draw_shape("red_circles", np.random.default_rng(42), size=120))
     with running(settings) as client:
