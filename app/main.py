@@ -82,6 +82,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # would only spin on the cores the model uses (measured: +3 CPU ms per /v1/search). Per thread setting.
     faiss.omp_set_num_threads(1)
     loader = asyncio.create_task(_load_in_background(app, settings, runtime))
+    if getattr(app.state, "load_before_serving", False):
+        # `serve --workers N`: the workers share one listening socket, and uvicorn accepts on it only after this
+        # startup; loading first means a worker that is still loading never takes a request from a ready sibling.
+        await loader
     follower = None
     if settings.read_only:  # a replica follows the writer's versions (app/replicas.py)
         follower = asyncio.create_task(follow(lambda: _catch_up(runtime), settings.follow_interval_s))

@@ -51,7 +51,9 @@ def run_worker(settings: Settings, sock: socket.socket, writer_socket: str | Non
         private.bind(writer_socket)
         os.chmod(writer_socket, 0o600)  # only this user's processes may write through it
         sockets.append(private)
-    DrainingServer(uvicorn_config(create_app(settings), settings), settings.drain_seconds).run(sockets=sockets)
+    app = create_app(settings)
+    app.state.load_before_serving = True  # accept on the shared socket only once loaded (app.main.lifespan)
+    DrainingServer(uvicorn_config(app, settings), settings.drain_seconds).run(sockets=sockets)
 
 
 def _wait_for_writer(writer_socket: str, writer: BaseProcess, timeout_s: float = 300.0) -> None:

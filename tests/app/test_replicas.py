@@ -132,7 +132,9 @@ def test_serve_with_two_workers_answers_searches_and_writes(settings: Settings, 
         roles: set[str] = set()
         deadline = time.monotonic() + 60
         while roles != {"writer", "read-only"}:  # each request on a new connection: either worker takes it
-            roles.add(httpx.get(base + "/readyz").headers["X-Gallery-Role"])
+            ready = httpx.get(base + "/readyz")
+            assert ready.status_code == 200, ready.text  # a worker still loading takes no connection from the socket
+            roles.add(ready.headers["X-Gallery-Role"])
             assert time.monotonic() < deadline, roles
         forwarded = 0
         for k in range(40):
